@@ -1,0 +1,53 @@
+# m2s: `make demo` and `make test` set everything up in .venv on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+EXTRAS ?= ros,synth,spconv,dev
+STAMP := $(VENV)/.m2s-installed
+
+# DDS never leaves loopback on these machines, and every make run gets its own ROS domain.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_LOCALHOST_ONLY := 1
+export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
+ifndef ROS_DOMAIN_ID
+ROS_DOMAIN_ID := $(shell shuf -i 1-100 -n 1)
+endif
+export ROS_DOMAIN_ID
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test test-slow lint format bench demo clean
+
+install: $(STAMP)
+
+# Re-runs only when the package metadata changes: a second `make test` installs nothing.
+$(STAMP): setup.py setup.cfg package.xml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+demo: $(STAMP)
+	$(BIN)/m2s-info
+
+clean:
+	rm -rf $(VENV) build *.egg-info
