@@ -1,0 +1,107 @@
+"""Segmentation backbones: one config, one output contract, one factory.
+
+``build_model(ModelConfig(backbone="polar", width=0.5))`` gives a PolarNet-style student;
+``backbone="cylinder"`` gives the Cylinder3D-style sparse 3D network (needs ``spconv``).
+Teacher and student of one backbone differ only in ``width`` and share the grid, so their
+voxel coordinates and per-point features line up for distillation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import Tensor, nn
+
+BACKBONES = ("polar", "cylinder")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "polar"  # "polar" | "cylinder"
+    width: float = 1.0  # channel multiplier: teacher 1.0, student e.g. 0.5
+    num_classes: int = 20
+    # Cylindrical grid (both backbones): bins along rho, phi and z; points outside the ranges are
+    # clamped to the border cells, so every point still gets a prediction.
+    grid_size: tuple[int, int, int] = (480, 360, 32)
+    rho_range: tuple[float, float] = (3.0, 50.0)  # metres
+    z_range: tuple[float, float] = (-3.0, 1.5)  # metres, LiDAR frame
+    point_channels: tuple[int, ...] = (64, 128, 256)  # point MLP widths at width 1.0
+    base_channels: int = 32  # first grid-network level at width 1.0; doubles per level
+    levels: int = 4  # resolution levels of the U-Net (polar) / sparse encoder (cylinder)
+    circular_phi: bool = True  # polar: pad the phi axis circularly (the grid wraps at ±π)
+
+    def __post_init__(self) -> None:
+        self.grid_size = tuple(int(v) for v in self.grid_size)
+        self.rho_range = tuple(float(v) for v in self.rho_range)
+        self.z_range = tuple(float(v) for v in self.z_range)
+        self.point_channels = tuple(int(v) for v in self.point_channels)
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
+        if self.width <= 0:
+            raise ValueError(f"width must be positive, got {self.width}")
+        if len(self.grid_size) != 3 or min(self.grid_size) < 1:
+            raise ValueError(f"grid_size must be three positive bin counts (rho, phi, z), got {self.grid_size}")
+        for name in ("rho_range", "z_range"):
+            low, high = getattr(self, name)
+            if not low < high:
+                raise ValueError(f"{name} must be (low, high) with low < high, got {(low, high)}")
+        if self.rho_range[0] < 0:
+            raise ValueError(f"rho_range must start at or above 0 m, got {self.rho_range}")
+        if self.num_classes < 2 or self.levels < 1 or not self.point_channels:
+            raise ValueError("num_classes >= 2, levels >= 1 and at least one point channel are required")
+
+    def channels(self, base: int) -> int:
+        """``base`` channels scaled by the width multiplier (at least 4)."""
+        return max(4, round(base * self.width))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ModelConfig:
+        """Load a config file; model keys may sit at the top level or under ``model:``."""
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+        values = doc.get("model", doc) if isinstance(doc, dict) else None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of model config keys")
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
+
+
+@dataclass
+class ModelOutput:
+    point_logits: Tensor  # (N, C), one row per input point, same order
+    voxel_logits: Tensor  # (V, C), one row per occupied voxel
+    voxel_coords: Tensor  # (V, 4) long: batch, i (rho), j (phi), k (z)
+    point_to_voxel: Tensor  # (N,) long: row of voxel_logits holding each point
+    point_features: dict[str, Tensor] = field(default_factory=dict)  # name -> (N, C_f)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    if config.backbone == "polar":
+        from m2s_perception.models.polar import PolarNet
+
+        return PolarNet(config)
+    if config.backbone == "cylinder":
+        from m2s_perception.models.cylinder import Cylinder3D
+
+        return Cylinder3D(config)
+    raise ValueError(f"unknown backbone {config.backbone!r}; expected one of {', '.join(BACKBONES)}")
+
+
+__all__ = ["BACKBONES", "ModelConfig", "ModelOutput", "build_model"]

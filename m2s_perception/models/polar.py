@@ -1,0 +1,121 @@
+"""PolarNet-style backbone: points → max-pooled polar bird's-eye view → 2D U-Net → logits per (rho, phi, z).
+
+The U-Net predicts ``num_classes × height_bins`` values per BEV cell; a point's logits are those of
+its height bin in its cell. The 1×1 prediction head is applied only at occupied cells (identical to a
+1×1 convolution over the grid, without materialising a classes × heights × cells tensor).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m2s_perception.models import ModelConfig, ModelOutput
+from m2s_perception.models.grid import POINT_FEATURES, CylindricalGrid, PointEncoder, segment_max, unique_inverse
+
+
+class PolarConv(nn.Module):
+    """3×3 conv + BN + ReLU on a (rho, phi) map; phi padded circularly since the grid wraps at ±π."""
+
+    def __init__(self, in_channels: int, out_channels: int, circular_phi: bool):
+        super().__init__()
+        self.circular_phi = circular_phi
+        padding = (1, 0) if circular_phi else (1, 1)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.circular_phi:
+            x = F.pad(x, (1, 1, 0, 0), mode="circular")
+        return F.relu(self.norm(self.conv(x)), inplace=True)
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, circular_phi: bool):
+        super().__init__(
+            PolarConv(in_channels, out_channels, circular_phi), PolarConv(out_channels, out_channels, circular_phi)
+        )
+
+
+class UNet2d(nn.Module):
+    """Encoder halves the map per level (channels double), decoder upsamples back with skips."""
+
+    def __init__(self, in_channels: int, base_channels: int, levels: int, circular_phi: bool):
+        super().__init__()
+        channels = [base_channels * 2**level for level in range(levels)]
+        self.encoders = nn.ModuleList()
+        for out_channels in channels:
+            self.encoders.append(DoubleConv(in_channels, out_channels, circular_phi))
+            in_channels = out_channels
+        self.decoders = nn.ModuleList(
+            DoubleConv(channels[level + 1] + channels[level], channels[level], circular_phi)
+            for level in reversed(range(levels - 1))
+        )
+        self.bottleneck_channels = channels[-1]
+        self.out_channels = channels[0]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return (bottleneck, last decoder map)."""
+        skips = []
+        for level, encoder in enumerate(self.encoders):
+            if level > 0:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = encoder(x)
+            skips.append(x)
+        bottleneck = x
+        for decoder, skip in zip(self.decoders, reversed(skips[:-1]), strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = decoder(torch.cat([x, skip], dim=1))
+        return bottleneck, x
+
+
+class PolarNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.grid = CylindricalGrid(config.grid_size, config.rho_range, config.z_range)
+        self.point_encoder = PointEncoder(POINT_FEATURES, tuple(config.channels(c) for c in config.point_channels))
+        bev_channels = config.channels(config.base_channels)
+        self.compress = nn.Sequential(nn.Linear(self.point_encoder.out_channels, bev_channels), nn.ReLU(inplace=True))
+        self.unet = UNet2d(bev_channels, bev_channels, config.levels, config.circular_phi)
+        self.height_bins = config.grid_size[2]
+        self.head = nn.Linear(self.unet.out_channels, config.num_classes * self.height_bins)
+
+    def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
+        rho_bins, phi_bins, height_bins = self.config.grid_size
+        location = self.grid.locate(points)
+        i, j, k = location.cell.unbind(1)
+        cells, point_to_cell = unique_inverse((batch_index * rho_bins + i) * phi_bins + j)
+
+        point_features = self.point_encoder(location.features)
+        cell_features = self.compress(segment_max(point_features, point_to_cell, len(cells)))
+        bev = cell_features.new_zeros((batch_size * rho_bins * phi_bins, cell_features.shape[1]))
+        bev[cells] = cell_features
+        bev = bev.view(batch_size, rho_bins, phi_bins, -1).permute(0, 3, 1, 2)
+
+        bottleneck, decoded = self.unet(bev)
+        cell_b = cells // (rho_bins * phi_bins)
+        cell_i = cells // phi_bins % rho_bins
+        cell_j = cells % phi_bins
+        decoded_at_cells = decoded[cell_b, :, cell_i, cell_j]  # (U, C)
+        bottleneck_at_cells = bottleneck[
+            cell_b, :, cell_i * bottleneck.shape[2] // rho_bins, cell_j * bottleneck.shape[3] // phi_bins
+        ]
+        cell_logits = self.head(decoded_at_cells).view(len(cells), height_bins, -1)
+
+        voxels, point_to_voxel = unique_inverse(point_to_cell * height_bins + k)
+        voxel_cell, voxel_k = voxels // height_bins, voxels % height_bins
+        voxel_logits = cell_logits[voxel_cell, voxel_k]
+        voxel_coords = torch.stack([cell_b[voxel_cell], cell_i[voxel_cell], cell_j[voxel_cell], voxel_k], dim=1)
+        return ModelOutput(
+            point_logits=voxel_logits[point_to_voxel],
+            voxel_logits=voxel_logits,
+            voxel_coords=voxel_coords,
+            point_to_voxel=point_to_voxel,
+            point_features={
+                "point_mlp": point_features,
+                "bev_encoder": bottleneck_at_cells[point_to_cell],
+                "bev_decoder": decoded_at_cells[point_to_cell],
+            },
+        )
