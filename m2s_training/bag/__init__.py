@@ -1,0 +1,48 @@
+"""rosbag2 tools: SemanticKITTI → bag, replay through rclpy, and replay evaluation of the node.
+
+``kitti2bag`` and the evaluation's bookkeeping need only ``rosbags``; ``replay`` and ``evaluate``
+import rclpy when they run, so converting a sequence works on machines without ROS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
+
+CLOUD_TOPIC = "/velodyne_points"
+GROUND_TRUTH_TOPIC = "/velodyne_points/ground_truth"
+POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
+TF_MESSAGE = "tf2_msgs/msg/TFMessage"
+
+# Message definitions of these types are the same in every ROS 2 distribution since Iron.
+TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+
+
+class BagError(ValueError):
+    """A bag is missing, unreadable or lacks what a command needs; the message names bag and problem."""
+
+
+def open_bag(path: str | Path) -> AnyReader:
+    """An opened ``AnyReader`` on a rosbag2 folder, with errors that name the bag."""
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"{path}: bag does not exist")
+    reader = AnyReader([path], default_typestore=TYPESTORE)
+    try:
+        reader.open()
+    except Exception as error:  # rosbags raises several unrelated types for unreadable bags
+        raise BagError(f"{path}: not a readable rosbag2 bag ({error})") from error
+    return reader
+
+
+def require_topics(reader: AnyReader, path: str | Path, topics: list[str], msgtype: str | None = None) -> None:
+    """Raise ``BagError`` naming the bag and its topics when one of ``topics`` is absent (or of another type)."""
+    present = reader.topics
+    for topic in topics:
+        if topic not in present:
+            have = ", ".join(f"{t} ({info.msgtype})" for t, info in sorted(present.items())) or "none"
+            raise BagError(f"{path}: no topic {topic!r} in the bag; it has: {have}")
+        if msgtype is not None and present[topic].msgtype != msgtype:
+            raise BagError(f"{path}: topic {topic!r} holds {present[topic].msgtype}, expected {msgtype}")
