@@ -1,0 +1,118 @@
+"""Dataset over a SemanticKITTI-layout folder: label mapping, collation, augmentation, fused points."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from m2s_training.data.dataset import AugmentConfig, SemanticKittiDataset, augment, collate
+from m2s_training.data.semantic_kitti import KittiFormatError, write_calib, write_labels, write_poses, write_scan
+
+RAW_IDS = np.array([40, 10, 252, 0, 81], dtype=np.uint16)  # road, car, moving-car, unlabeled, traffic-sign
+TRAIN_IDS = np.array([9, 1, 1, 0, 19])
+
+
+def write_sequence(root, name="00", sizes=(50, 70, 30), labels=True):
+    seq = root / "sequences" / name
+    rng = np.random.default_rng(int(name))
+    for index, size in enumerate(sizes):
+        points = np.concatenate([rng.uniform(-20, 20, (size, 3)), rng.uniform(0, 1, (size, 1))], axis=1)
+        write_scan(seq / "velodyne" / f"{index:06d}.bin", points.astype(np.float32))
+        if labels:
+            write_labels(seq / "labels" / f"{index:06d}.label", RAW_IDS[np.arange(size) % 5], np.arange(size) % 3)
+    write_poses(seq / "poses.txt", np.tile(np.eye(4), (len(sizes), 1, 1)))
+    write_calib(seq / "calib.txt", np.eye(4))
+    return seq
+
+
+def test_sample_maps_raw_ids_to_training_ids(tmp_path):
+    write_sequence(tmp_path)
+    sample = SemanticKittiDataset(tmp_path, ["00"])[1]
+    assert sample.points.shape == (70, 4) and sample.points.dtype == np.float32
+    np.testing.assert_array_equal(sample.labels, TRAIN_IDS[np.arange(70) % 5])
+    np.testing.assert_array_equal(sample.instance, np.arange(70) % 3)
+    assert not sample.is_fused.any()
+    assert sample.frame == ("00", "000001")
+
+
+def test_collate_concatenates_clouds_of_different_sizes(tmp_path):
+    write_sequence(tmp_path)
+    dataset = SemanticKittiDataset(tmp_path, ["00"])
+    batch = collate([dataset[0], dataset[1], dataset[2]])
+    assert batch.points.shape == (150, 4) and batch.batch_size == 3
+    assert batch.labels.dtype == torch.int64 and batch.is_fused.dtype == torch.bool
+    np.testing.assert_array_equal(torch.bincount(batch.batch_index).numpy(), [50, 70, 30])
+    torch.testing.assert_close(batch.points[50:120], torch.from_numpy(dataset[1].points))
+    assert batch.frames == [("00", "000000"), ("00", "000001"), ("00", "000002")]
+
+
+def test_augmentation_is_a_rotation_flip_scale_keeping_order_and_labels(tmp_path):
+    write_sequence(tmp_path)
+    plain = SemanticKittiDataset(tmp_path, ["00"])[1]
+    config = AugmentConfig(rotate=True, flip=True, scale=(0.9, 1.1), jitter_std=0.0)
+    augmented = SemanticKittiDataset(tmp_path, ["00"], augment=config, seed=3)[1]
+    np.testing.assert_array_equal(augmented.labels, plain.labels)
+    np.testing.assert_array_equal(augmented.points[:, 3], plain.points[:, 3])  # remission untouched
+    # every point keeps its place in the array: all distances from the origin scale by one factor
+    factor = np.linalg.norm(augmented.points[:, :3], axis=1) / np.linalg.norm(plain.points[:, :3], axis=1)
+    assert 0.9 <= factor[0] <= 1.1
+    np.testing.assert_allclose(factor, factor[0], rtol=1e-5)
+    np.testing.assert_allclose(augmented.points[:, 2], plain.points[:, 2] * factor[0], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(augmented.points[:, :2], plain.points[:, :2] * factor[0])  # rotated / flipped
+
+
+def test_augmentation_draws_depend_on_seed_epoch_and_index_only(tmp_path):
+    write_sequence(tmp_path)
+    dataset = SemanticKittiDataset(tmp_path, ["00"], augment=AugmentConfig(), seed=1)
+    first = dataset[0].points
+    np.testing.assert_array_equal(dataset[0].points, first)  # same draw for the same (seed, epoch, index)
+    dataset.set_epoch(1)
+    assert not np.allclose(dataset[0].points, first)
+
+
+def test_jitter_has_the_configured_spread():
+    points = np.zeros((20000, 4), dtype=np.float32)
+    config = AugmentConfig(rotate=False, flip=False, scale=(1.0, 1.0), jitter_std=0.05)
+    moved = augment(points, config, np.random.default_rng(0))
+    assert moved[:, :3].std() == pytest.approx(0.05, rel=0.05)
+
+
+def test_fused_points_are_appended_and_removed_by_student_view(tmp_path):
+    write_sequence(tmp_path)
+    fused = SimpleNamespace(
+        points=np.ones((4, 4), np.float32), semantic=np.array([30, 30, 80, 254], np.uint16), instance=np.full(4, 7)
+    )
+    fuser = SimpleNamespace(fuse=lambda sequence, index: fused)
+    dataset = SemanticKittiDataset(tmp_path, ["00"], fuser=fuser)
+    sample = dataset[0]
+    assert sample.points.shape == (54, 4)
+    np.testing.assert_array_equal(sample.is_fused, np.arange(54) >= 50)
+    np.testing.assert_array_equal(sample.labels[50:], [6, 6, 18, 6])  # person, person, pole, moving-person
+    batch = collate([sample, dataset[2]])
+    student = batch.student_view()
+    assert student.points.shape == (80, 4) and not student.is_fused.any()
+    np.testing.assert_array_equal(torch.bincount(student.batch_index).numpy(), [50, 30])
+    torch.testing.assert_close(student.labels[:50], torch.from_numpy(dataset[0].labels[:50]))
+
+
+def test_label_counts_and_max_scans(tmp_path):
+    write_sequence(tmp_path, "00", sizes=(10, 10, 10, 10, 10))
+    write_sequence(tmp_path, "01", sizes=(5,))
+    dataset = SemanticKittiDataset(tmp_path, ["00", "01"], max_scans=3)
+    # 6 scans, 3 wanted: positions linspace(0, 5, 3) = 0, 2.5, 5 → 0, 2 (round half to even), 5
+    frames = [dataset[k].frame for k in range(len(dataset))]
+    assert frames == [("00", "000000"), ("00", "000002"), ("01", "000000")]
+    counts = dataset.label_counts()
+    expected = np.bincount(TRAIN_IDS[np.arange(10) % 5], minlength=20) * 2 + np.bincount(
+        TRAIN_IDS[np.arange(5) % 5], minlength=20
+    )
+    np.testing.assert_array_equal(counts, expected)
+
+
+def test_missing_labels_or_sequence_is_a_clear_error(tmp_path):
+    write_sequence(tmp_path, "00", labels=False)
+    with pytest.raises(KittiFormatError, match="labels"):
+        SemanticKittiDataset(tmp_path, ["00"])
+    with pytest.raises(KittiFormatError, match="does not exist"):
+        SemanticKittiDataset(tmp_path, ["05"])
