@@ -1,0 +1,198 @@
+"""Torch dataset over SemanticKITTI-layout sequences (real or synthetic), augmentation and collation.
+
+A sample is one scan: points, training-id labels, instance ids and ``is_fused``. With an M2SKD
+fuser, the fused hard-class points of neighbouring scans are appended after the scan's own points
+with ``is_fused = True`` (they feed the teacher; they are never scored). Augmentation is drawn
+from ``(seed, epoch, index)`` so a sample is the same whatever worker loads it and after a resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from m2s_perception.labels import LabelMap, load_label_map
+from m2s_training.data.semantic_kitti import KittiFormatError, Sequence
+
+
+class Fuser(Protocol):
+    """What the dataset needs of ``m2s_training.fusion.MultiScanFuser``."""
+
+    def fuse(self, sequence: Sequence, index: int):  # -> FusedPoints(points, semantic, instance)
+        ...
+
+
+@dataclass
+class AugmentConfig:
+    rotate: bool = True  # uniform rotation about z
+    flip: bool = True  # mirror x and/or y, each with probability 0.5
+    scale: tuple[float, float] = (0.95, 1.05)  # isotropic scale factor range
+    jitter_std: float = 0.01  # metres, Gaussian noise on x, y, z
+
+
+@dataclass
+class Sample:
+    points: np.ndarray  # (N, 4) float32
+    labels: np.ndarray  # (N,) int64 training ids
+    instance: np.ndarray  # (N,) int64
+    is_fused: np.ndarray  # (N,) bool
+    frame: tuple[str, str]  # (sequence, frame id)
+
+
+@dataclass
+class Batch:
+    points: Tensor  # (N, 4) float32, all clouds of the batch concatenated
+    labels: Tensor  # (N,) int64 training ids
+    instance: Tensor  # (N,) int64
+    is_fused: Tensor  # (N,) bool
+    batch_index: Tensor  # (N,) int64: which cloud each point belongs to
+    batch_size: int
+    frames: list[tuple[str, str]] = field(default_factory=list)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        move = {
+            name: getattr(self, name).to(device, non_blocking=non_blocking)
+            for name in ("points", "labels", "instance", "is_fused", "batch_index")
+        }
+        return replace(self, **move)
+
+    def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) calls this on custom batch types
+        return replace(
+            self,
+            **{n: getattr(self, n).pin_memory() for n in ("points", "labels", "instance", "is_fused", "batch_index")},
+        )
+
+    def student_view(self) -> Batch:
+        """The batch without fused points: what the single-scan student sees."""
+        if not bool(self.is_fused.any()):
+            return self
+        keep = ~self.is_fused
+        return replace(
+            self,
+            points=self.points[keep],
+            labels=self.labels[keep],
+            instance=self.instance[keep],
+            is_fused=self.is_fused[keep],
+            batch_index=self.batch_index[keep],
+        )
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Concatenate clouds of different sizes; ``batch_index`` says which cloud a point came from."""
+    sizes = [len(s.points) for s in samples]
+    return Batch(
+        points=torch.from_numpy(np.concatenate([s.points for s in samples])),
+        labels=torch.from_numpy(np.concatenate([s.labels for s in samples])),
+        instance=torch.from_numpy(np.concatenate([s.instance for s in samples])),
+        is_fused=torch.from_numpy(np.concatenate([s.is_fused for s in samples])),
+        batch_index=torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(sizes)),
+        batch_size=len(samples),
+        frames=[s.frame for s in samples],
+    )
+
+
+def augment(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Rotate about z, flip, scale and jitter x, y, z; remission and point order are kept."""
+    xyz = points[:, :3].astype(np.float64)
+    if config.rotate:
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        c, s = np.cos(angle), np.sin(angle)
+        xyz[:, :2] = xyz[:, :2] @ np.array([[c, s], [-s, c]])
+    if config.flip:
+        if rng.random() < 0.5:
+            xyz[:, 0] = -xyz[:, 0]
+        if rng.random() < 0.5:
+            xyz[:, 1] = -xyz[:, 1]
+    low, high = config.scale
+    xyz *= rng.uniform(low, high)
+    if config.jitter_std > 0:
+        xyz += rng.normal(0.0, config.jitter_std, size=xyz.shape)
+    out = points.copy()
+    out[:, :3] = xyz
+    return out
+
+
+class SemanticKittiDataset(Dataset):
+    """Scans of the given sequences under ``root`` (``ROOT/sequences/XX``), labels as training ids."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        sequences: list[str] | tuple[str, ...],
+        label_map: LabelMap | None = None,
+        augment: AugmentConfig | None = None,
+        fuser: Fuser | None = None,
+        max_scans: int | None = None,
+        seed: int = 0,
+    ):
+        if not sequences:
+            raise KittiFormatError(f"{root}: no sequences given for the dataset")
+        self.label_map = label_map or load_label_map()
+        self.sequences = [Sequence(root, s) for s in sequences]
+        for seq in self.sequences:
+            if not seq.has_labels:
+                raise KittiFormatError(f"{seq.path / 'labels'}: training and validation need labels")
+        self.items = [(k, i) for k, seq in enumerate(self.sequences) for i in range(len(seq))]
+        if max_scans is not None and max_scans < len(self.items):
+            # evenly spaced, so a short validation still spans every sequence
+            picks = np.linspace(0, len(self.items) - 1, max_scans).round().astype(int)
+            self.items = [self.items[p] for p in picks]
+        self.augment_config = augment
+        self.fuser = fuser
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """New augmentation draws per epoch; call before creating the epoch's iterator."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: int) -> Sample:
+        seq_no, index = self.items[item]
+        seq = self.sequences[seq_no]
+        points = seq.points(index)
+        semantic, instance = seq.labels(index, len(points))
+        labels = self.label_map.to_train(semantic).astype(np.int64)
+        instance = instance.astype(np.int64)
+        is_fused = np.zeros(len(points), dtype=bool)
+        if self.fuser is not None:
+            fused = self.fuser.fuse(seq, index)
+            points = np.concatenate([points, np.asarray(fused.points, dtype=np.float32)])
+            labels = np.concatenate([labels, self.label_map.to_train(fused.semantic).astype(np.int64)])
+            instance = np.concatenate([instance, np.asarray(fused.instance, dtype=np.int64)])
+            is_fused = np.concatenate([is_fused, np.ones(len(fused.points), dtype=bool)])
+        if self.augment_config is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, item])
+            points = augment(points, self.augment_config, rng)
+        return Sample(points.astype(np.float32), labels, instance, is_fused, (seq.name, seq.frame_id(index)))
+
+    def label_counts(self) -> np.ndarray:
+        """Points per training id over the dataset's own scans (fused points excluded)."""
+        counts = np.zeros(self.label_map.num_classes, dtype=np.int64)
+        for seq_no, index in self.items:
+            semantic, _ = self.sequences[seq_no].labels(index)
+            counts += np.bincount(self.label_map.to_train(semantic), minlength=len(counts))
+        return counts
+
+
+def make_loader(
+    dataset: SemanticKittiDataset, batch_size: int, sampler: Sampler, num_workers: int, pin_memory: bool = False
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=False,
+        persistent_workers=False,  # workers must see the dataset's epoch, set before each epoch
+    )
