@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from m2s_perception.models import ModelConfig, ModelOutput, build_model
 from m2s_perception.models.grid import CylindricalGrid, segment_max
 
 SMALL_GRID = {"grid_size": (32, 24, 8), "rho_range": (2.0, 34.0), "z_range": (-3.0, 1.0), "levels": 3}
-BACKBONES = ["polar"]
+HAVE_SPCONV = importlib.util.find_spec("spconv") is not None
+BACKBONES = ["polar", pytest.param("cylinder", marks=pytest.mark.skipif(not HAVE_SPCONV, reason="needs spconv"))]
 
 
 def ring_cloud(num_points: int, seed: int) -> torch.Tensor:
@@ -138,6 +140,22 @@ def test_a_few_optimizer_steps_reduce_cross_entropy(backbone: str):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.skipif(not HAVE_SPCONV, reason="needs spconv")
+def test_coarse_voxel_lookup_by_hand():
+    import spconv.pytorch as spconv
+
+    from m2s_perception.models.cylinder import _coarse_features
+
+    coarse = spconv.SparseConvTensor(
+        torch.tensor([[1.0], [2.0], [3.0]]),
+        torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.int32),
+        [2, 2, 2],
+        2,
+    )
+    fine = torch.tensor([[0, 3, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
+    assert _coarse_features(coarse, fine, num_downsamples=1)[:, 0].tolist() == [2.0, 1.0, 3.0]
 
 
 def test_config_rejects_unknown_keys_and_round_trips(tmp_path):
