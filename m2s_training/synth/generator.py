@@ -1,0 +1,143 @@
+"""Drive the ego vehicle down a procedural street and write what its LiDAR sees, KITTI-style."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from m2s_training.data.semantic_kitti import (
+    camera_poses,
+    write_calib,
+    write_labels,
+    write_poses,
+    write_scan,
+    write_times,
+)
+from m2s_training.synth.presets import Preset, get_preset
+from m2s_training.synth.sensor import Lidar, Scan
+from m2s_training.synth.world import EGO_LANE_Y, World, build_world
+
+
+def _kitti_like_tr() -> np.ndarray:
+    """LiDAR → camera: the usual axis swap (x fwd, y left, z up → z fwd, x right, y down),
+    a slight misalignment and the camera a few centimetres in front of and below the LiDAR."""
+    swap = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    tr = np.eye(4)
+    tr[:3, :3] = swap @ _rotation(roll=0.002, pitch=-0.004, yaw=0.003)
+    tr[:3, 3] = [-0.004, -0.076, -0.272]
+    return tr
+
+
+def _rotation(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+    return rz @ ry @ rx
+
+
+TR_LIDAR_TO_CAMERA = _kitti_like_tr()
+
+
+def ego_poses(times: np.ndarray, speed: float, mount_height: float) -> np.ndarray:
+    """(n, 4, 4) T_world_lidar: along the lane with a gentle weave and a little pitch and roll."""
+    x = speed * times
+    y = EGO_LANE_Y + 0.3 * np.sin(2 * np.pi * times / 12.0)
+    yaw = np.arctan2(0.3 * 2 * np.pi / 12.0 * np.cos(2 * np.pi * times / 12.0), speed)
+    poses = np.tile(np.eye(4), (len(times), 1, 1))
+    for i, t in enumerate(times):
+        poses[i, :3, :3] = _rotation(roll=0.004 * np.sin(1.3 * t), pitch=0.006 * np.sin(0.9 * t), yaw=yaw[i])
+    poses[:, :3, 3] = np.stack([x, y, np.full_like(x, mount_height)], axis=1)
+    return poses
+
+
+@dataclass
+class SequenceSummary:
+    path: Path
+    scans: int = 0
+    points: int = 0
+    raw_ids: set[int] = field(default_factory=set)
+
+
+def sequence_name(sequence: str | int) -> str:
+    text = str(sequence)
+    if not text.isdigit() or int(text) > 99:
+        raise ValueError(f"sequence must be a number 0..99 like '00' or '08', got {sequence!r}")
+    return f"{int(text):02d}"
+
+
+class SequenceSimulator:
+    """The world, trajectory and sensor of one sequence; :meth:`scan` is deterministic per index."""
+
+    def __init__(self, preset: Preset, scans: int, seed: int, sequence: str):
+        if scans < 1:
+            raise ValueError(f"scans must be at least 1, got {scans}")
+        self.preset = preset
+        self.times = np.arange(scans) / preset.sensor.rate_hz
+        self.poses = ego_poses(self.times, preset.ego_speed, preset.sensor.mount_height)
+        seeds = np.random.SeedSequence([seed, int(sequence_name(sequence))]).spawn(scans + 1)
+        self._scan_seeds = seeds[1:]
+        path_end = float(self.poses[-1, 0, 3])
+        reach = preset.sensor.max_range + 10.0
+        self.world: World = build_world(
+            np.random.default_rng(seeds[0]),
+            x_range=(-reach, path_end + reach),
+            window=(-5.0, path_end + 25.0),
+            duration=float(self.times[-1]) + 1.0,
+        )
+        self.lidar = Lidar(preset.sensor, self.world.static)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def scan(self, index: int) -> Scan:
+        t = float(self.times[index])
+        return self.lidar.scan(
+            self.poses[index], self.world.moving_mesh(t), np.random.default_rng(self._scan_seeds[index])
+        )
+
+    def relative_poses(self) -> np.ndarray:
+        """T_world_lidar with the first scan's LiDAR frame as world, as KITTI's poses.txt."""
+        return np.linalg.inv(self.poses[0]) @ self.poses
+
+
+def write_sequence(
+    out_root: str | Path,
+    sequence: str,
+    preset: str | Preset = "tiny",
+    scans: int | None = None,
+    seed: int = 0,
+    on_scan: Callable[[int, Scan], None] | None = None,
+) -> SequenceSummary:
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    name = sequence_name(sequence)
+    sim = SequenceSimulator(preset, preset.scans if scans is None else scans, seed, name)
+    path = Path(out_root) / "sequences" / name
+    summary = SequenceSummary(path)
+    for index in range(len(sim)):
+        scan = sim.scan(index)
+        write_scan(path / "velodyne" / f"{index:06d}.bin", scan.points)
+        write_labels(path / "labels" / f"{index:06d}.label", scan.semantic, scan.instance)
+        summary.scans += 1
+        summary.points += len(scan.points)
+        summary.raw_ids.update(np.unique(scan.semantic).tolist())
+        if on_scan is not None:
+            on_scan(index, scan)
+    write_poses(path / "poses.txt", camera_poses(sim.relative_poses(), TR_LIDAR_TO_CAMERA))
+    write_calib(path / "calib.txt", TR_LIDAR_TO_CAMERA)
+    write_times(path / "times.txt", sim.times)
+    return summary
+
+
+def generate(
+    out_root: str | Path, sequences: list[str], preset: str = "tiny", scans: int | None = None, seed: int = 0
+) -> list[Path]:
+    """Write synthetic SemanticKITTI sequences under ``out_root/sequences/XX``; return their folders."""
+    if not sequences:
+        raise ValueError("no sequences to generate")
+    names = [sequence_name(s) for s in sequences]
+    preset_ = get_preset(preset)
+    return [write_sequence(out_root, name, preset_, scans, seed).path for name in names]
