@@ -237,3 +237,57 @@ def test_replay_loops_a_bag(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert len(listener.arrivals) == 9
     assert [s for _, s in listener.arrivals][:3] == [s for _, s in listener.arrivals][6:]
+
+
+# --- replay evaluation -------------------------------------------------------------------------
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    import torch
+
+    from m2s_perception.models import ModelConfig, build_model
+    from m2s_training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        backbone="polar", width=0.25, grid_size=(24, 32, 8), point_channels=(16, 32), base_channels=16, levels=2
+    )
+    save_checkpoint(path, build_model(config), config)
+    return path
+
+
+def test_lockstep_evaluation_equals_m2s_eval(tmp_path: Path):
+    from m2s_training.bag.evaluate import EvaluationOptions, evaluate_bag
+    from m2s_training.evaluate import evaluate
+    from m2s_training.synth import generate
+
+    root = tmp_path / "synth"
+    generate(root, ["08"], preset="tiny", scans=3, seed=1)
+    bag = convert_sequence(root, "08", tmp_path / "bag", progress=False)
+    checkpoint = _tiny_checkpoint(tmp_path / "tiny.pt")
+
+    result = evaluate_bag(bag, checkpoint, tmp_path / "bag_eval", EvaluationOptions(lockstep=True, device="cpu"))
+    reference = evaluate(checkpoint, root, "val", tmp_path / "eval", device="cpu")
+
+    assert (result["scans"], result["scans_scored"], result["scans_dropped"]) == (3, 3, 0)
+    assert result["confusion"] == reference["confusion"]  # label for label, not only the mean
+    assert abs(result["miou"] - reference["miou"]) < 1e-9
+    assert result["iou"] == reference["iou"]
+    assert result["latency_ms"]["count"] == 3 and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
+    assert (tmp_path / "bag_eval" / "iou.png").stat().st_size > 0
+
+    recorded = _messages(tmp_path / "bag_eval" / "output_bag", "/m2s/labelled_points")
+    truth = _messages(bag, "/velodyne_points/ground_truth")
+    assert [t for t, _ in recorded] == [t for t, _ in truth]
+    assert [m.width for _, m in recorded] == [m.width for _, m in truth]
+    assert len(_messages(tmp_path / "bag_eval" / "output_bag", "/velodyne_points")) == 3  # input copied beside
+
+
+def test_evaluate_names_missing_ground_truth_topic(tiny_root: Path, tmp_path: Path):
+    from m2s_training.bag.evaluate import EvaluationOptions, evaluate_bag
+
+    bag = convert_sequence(tiny_root, "08", tmp_path / "bag", progress=False)
+    checkpoint = _tiny_checkpoint(tmp_path / "tiny.pt")
+    with pytest.raises(BagError, match="no topic '/lidar/labels'"):
+        evaluate_bag(bag, checkpoint, tmp_path / "out", EvaluationOptions(labels_topic="/lidar/labels"))
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written

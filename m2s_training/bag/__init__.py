@@ -6,6 +6,8 @@ import rclpy when they run, so converting a sequence works on machines without R
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 
 from rosbags.highlevel import AnyReader
@@ -46,3 +48,13 @@ def require_topics(reader: AnyReader, path: str | Path, topics: list[str], msgty
             raise BagError(f"{path}: no topic {topic!r} in the bag; it has: {have}")
         if msgtype is not None and present[topic].msgtype != msgtype:
             raise BagError(f"{path}: topic {topic!r} holds {present[topic].msgtype}, expected {msgtype}")
+
+
+def use_loopback_dds() -> None:
+    """Keep DDS of this process and its children on loopback, unless the caller already chose.
+
+    Must run before rclpy is imported anywhere in the process.
+    """
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))

@@ -4,8 +4,9 @@
     m2s-bag replay BAG [--rate R] [--loop [N]] [--clock] [--topics T ...]
     m2s-bag evaluate BAG --checkpoint CKPT [--out OUT] [--rate R | --lockstep] [--device cpu]
 
-Processes that import rclpy should keep DDS on loopback: set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST,
-ROS_LOCALHOST_ONLY=1 and a ROS_DOMAIN_ID (``evaluate`` passes its own to the node it starts).
+DDS stays on loopback unless you set them yourself: ROS_AUTOMATIC_DISCOVERY_RANGE defaults to
+LOCALHOST, ROS_LOCALHOST_ONLY to 1 and ROS_DOMAIN_ID to a random 1..100 (the node that
+``evaluate`` starts inherits them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from m2s_perception.checkpoint import CheckpointError
-from m2s_training.bag import CLOUD_TOPIC, GROUND_TRUTH_TOPIC, BagError
+from m2s_training.bag import CLOUD_TOPIC, GROUND_TRUTH_TOPIC, BagError, use_loopback_dds
 from m2s_training.data.semantic_kitti import KittiFormatError
 
 
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    use_loopback_dds()
     try:
         args.run(args)
     except (BagError, KittiFormatError, CheckpointError, FileNotFoundError, ValueError) as error:
