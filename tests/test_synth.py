@@ -1,0 +1,166 @@
+"""Synthetic sequences, read back through the project's SemanticKITTI reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from m2s_perception.labels import load_label_map
+from m2s_training.data.semantic_kitti import Sequence, read_calib
+from m2s_training.synth import TR_LIDAR_TO_CAMERA, SequenceSimulator, generate, get_preset
+from m2s_training.synth.cli import main as synth_main
+from m2s_training.synth.mesh import raw_ids
+
+LABELS = load_label_map()
+MOVING_RAW = {252, 253, 254, 255, 256, 257, 258, 259}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    paths = generate(root, ["00", "8"], preset="tiny", seed=0)
+    return root, paths
+
+
+def _world_points(frame) -> np.ndarray:
+    return frame.points[:, :3] @ frame.pose[:3, :3].T + frame.pose[:3, 3]
+
+
+def test_layout_and_counts(tiny):
+    root, paths = tiny
+    assert paths == [root / "sequences" / "00", root / "sequences" / "08"]
+    tiny_preset = get_preset("tiny")
+    sequence = Sequence(root, "08")
+    assert len(sequence) == tiny_preset.scans
+    np.testing.assert_allclose(sequence.times, np.arange(tiny_preset.scans) * 0.1)
+    np.testing.assert_allclose(read_calib(sequence.path / "calib.txt")["Tr"], TR_LIDAR_TO_CAMERA, atol=1e-8)
+    rays = tiny_preset.sensor.beams * tiny_preset.sensor.azimuth_steps
+    for index in range(len(sequence)):
+        frame = sequence.frame(index)  # the reader checks that labels and points have the same count
+        assert frame.points.dtype == np.float32 and frame.points.shape[1] == 4
+        assert 0.5 * rays < len(frame.points) <= rays
+        assert np.isfinite(frame.points).all()
+        assert frame.points[:, 3].min() >= 0.0 and frame.points[:, 3].max() <= 1.0
+        ranges = np.linalg.norm(frame.points[:, :3], axis=1)
+        assert ranges.min() >= tiny_preset.sensor.min_range - 0.2
+        assert ranges.max() <= tiny_preset.sensor.max_range
+        assert np.all(LABELS.to_train(frame.semantic) > 0), "every point has a training class"
+
+
+def test_all_19_classes_over_a_tiny_sequence(tiny):
+    root, _ = tiny
+    for name in ("00", "08"):
+        sequence = Sequence(root, name)
+        seen = set()
+        for index in range(len(sequence)):
+            seen |= set(np.unique(LABELS.to_train(sequence.frame(index).semantic)).tolist())
+        assert seen == set(range(1, 20)), f"missing: {[LABELS.class_names[i] for i in set(range(1, 20)) - seen]}"
+
+
+def test_instances_persist_and_movers_move(tiny):
+    root, _ = tiny
+    sequence = Sequence(root, "00")
+    class_of: dict[int, int] = {}
+    centroids: dict[int, dict[int, np.ndarray]] = {}
+    for index in range(len(sequence)):
+        frame = sequence.frame(index)
+        world = _world_points(frame)
+        stuff = np.isin(frame.semantic, [raw_ids()[n] for n in ("road", "building", "vegetation", "terrain")])
+        assert np.all(frame.instance[stuff] == 0), "stuff classes carry no instance id"
+        for instance in np.unique(frame.instance[frame.instance > 0]):
+            mask = frame.instance == instance
+            semantic = np.unique(frame.semantic[mask])
+            assert len(semantic) == 1, f"instance {instance} has several classes {semantic}"
+            assert class_of.setdefault(int(instance), int(semantic[0])) == semantic[0], "instance changed class"
+            centroids.setdefault(int(instance), {})[index] = world[mask].mean(axis=0)
+    moving = {i for i, raw in class_of.items() if raw in MOVING_RAW}
+    assert {LABELS.to_train(np.array([class_of[i]]))[0] for i in moving} >= {1, 6, 7, 8}
+    seen_twice = [i for i in moving if len(centroids[i]) >= 2]
+    assert seen_twice
+    for instance in seen_twice:
+        first, last = min(centroids[instance]), max(centroids[instance])
+        # Slowest mover: a pedestrian at >= 1 m/s, i.e. >= 0.1 m per scan (the centroid also shifts
+        # with the visible side, so only demand half of it).
+        shift = np.linalg.norm(centroids[instance][last][:2] - centroids[instance][first][:2])
+        assert shift > 0.05 * (last - first), f"moving instance {instance} stayed put"
+
+
+def test_static_poles_land_on_the_same_place_in_the_world(tiny):
+    """Poles are thin (radius <= 9 cm): with correct poses and Tr their world xy-centroid is fixed."""
+    root, _ = tiny
+    sequence = Sequence(root, "00")
+    per_instance: dict[int, list[np.ndarray]] = {}
+    for index in range(len(sequence)):
+        frame = sequence.frame(index)
+        world = _world_points(frame)
+        poles = frame.semantic == raw_ids()["pole"]
+        for instance in np.unique(frame.instance[poles]):
+            mask = poles & (frame.instance == instance)
+            if mask.sum() >= 3:
+                per_instance.setdefault(int(instance), []).append(world[mask, :2].mean(axis=0))
+    tracked = {i: np.array(c) for i, c in per_instance.items() if len(c) >= 3}
+    assert tracked, "no pole seen in three scans"
+    for instance, xy in tracked.items():
+        spread = np.linalg.norm(xy - xy.mean(axis=0), axis=1).max()
+        assert spread < 0.1, f"pole {instance} wanders {spread:.3f} m in the world frame"
+    # The ego moves ~0.8 m per scan, so the same poles in the LiDAR frame do move.
+    assert np.linalg.norm(sequence.poses[-1][:3, 3] - sequence.poses[0][:3, 3]) > 5.0
+
+
+def test_first_pose_is_identity_and_tr_is_not(tiny):
+    root, _ = tiny
+    sequence = Sequence(root, "00")
+    np.testing.assert_allclose(sequence.poses[0], np.eye(4), atol=1e-8)
+    assert not np.allclose(sequence.calib["Tr"], np.eye(4))
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
+    root, _ = tiny
+    generate(tmp_path / "again", ["00"], seed=0)
+    generate(tmp_path / "other", ["00"], seed=1)
+    for rel in ("velodyne/000004.bin", "labels/000004.label", "poses.txt", "calib.txt", "times.txt"):
+        original = (root / "sequences/00" / rel).read_bytes()
+        assert (tmp_path / "again/sequences/00" / rel).read_bytes() == original, rel
+    for rel in ("velodyne/000004.bin", "labels/000004.label"):
+        assert (tmp_path / "other/sequences/00" / rel).read_bytes() != (root / "sequences/00" / rel).read_bytes()
+    # Sequences of one seed differ from each other too.
+    assert (root / "sequences/00/velodyne/000000.bin").read_bytes() != (
+        root / "sequences/08/velodyne/000000.bin"
+    ).read_bytes()
+
+
+def test_scans_argument_and_bad_input(tmp_path):
+    generate(tmp_path, ["3"], scans=2)
+    assert len(Sequence(tmp_path, "03")) == 2
+    with pytest.raises(ValueError, match="unknown preset"):
+        generate(tmp_path, ["00"], preset="huge")
+    with pytest.raises(ValueError, match="sequence"):
+        generate(tmp_path, ["abc"])
+    with pytest.raises(ValueError, match="scans"):
+        generate(tmp_path, ["00"], scans=0)
+
+
+def test_cli_writes_summary_and_preview(tmp_path, capsys):
+    argv = ["--out", str(tmp_path), "--sequences", "02", "--scans", "3", "--preview", str(tmp_path / "p.png")]
+    assert synth_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 scans" in out and "points/scan" in out
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(Sequence(tmp_path, "02")) == 3
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    for argv in (["--sequences", "x1"], ["--scans", "0"], ["--preset", "huge"]):
+        with pytest.raises(SystemExit) as exit_info:
+            synth_main(["--out", str(tmp_path), *argv])
+        assert exit_info.value.code == 2
+    assert "sequence must be a number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_preset_is_kitti_like():
+    sim = SequenceSimulator(get_preset("default"), scans=2, seed=0, sequence="00")
+    scan = sim.scan(1)
+    assert 100_000 <= len(scan.points) <= 130_000
+    assert set(np.unique(LABELS.to_train(scan.semantic)).tolist()) >= {1, 9, 11, 13, 15, 17}
+    assert 0.05 < scan.points[:, 3].mean() < 0.6
