@@ -130,8 +130,10 @@ def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
 
 
 def test_scans_argument_and_bad_input(tmp_path):
-    generate(tmp_path, ["3"], scans=2)
+    generate(tmp_path, ["3"], scans=4)
+    generate(tmp_path, ["3"], scans=2)  # regenerating with fewer scans leaves no stale ones
     assert len(Sequence(tmp_path, "03")) == 2
+    assert len(list((tmp_path / "sequences/03/labels").iterdir())) == 2
     with pytest.raises(ValueError, match="unknown preset"):
         generate(tmp_path, ["00"], preset="huge")
     with pytest.raises(ValueError, match="sequence"):

@@ -126,10 +126,19 @@ def write_sequence(
         summary.raw_ids.update(np.unique(scan.semantic).tolist())
         if on_scan is not None:
             on_scan(index, scan)
+    _remove_stale_scans(path, len(sim))
     write_poses(path / "poses.txt", camera_poses(sim.relative_poses(), TR_LIDAR_TO_CAMERA))
     write_calib(path / "calib.txt", TR_LIDAR_TO_CAMERA)
     write_times(path / "times.txt", sim.times)
     return summary
+
+
+def _remove_stale_scans(path: Path, scans: int) -> None:
+    """Regenerating with fewer scans into the same folder must not leave old scans to be read."""
+    for folder, suffix in (("velodyne", ".bin"), ("labels", ".label")):
+        for stale in (path / folder).glob(f"*{suffix}"):
+            if stale.stem.isdigit() and int(stale.stem) >= scans:
+                stale.unlink()
 
 
 def generate(
