@@ -50,10 +50,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/kd_synthetic"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=150, help="optimisation steps per model")
+    parser.add_argument("--steps", type=int, default=80, help="optimisation steps per model")
     parser.add_argument("--train-scans", type=int, default=40, help="scans per training sequence (00, 01)")
-    parser.add_argument("--val-scans", type=int, default=30, help="scans of the validation sequence (08)")
-    parser.add_argument("--grid", type=int, nargs=3, default=[64, 64, 8], help="rho, phi, z bins")
+    parser.add_argument("--val-scans", type=int, default=20, help="scans of the validation sequence (08)")
+    parser.add_argument("--grid", type=int, nargs=3, default=[48, 48, 8], help="rho, phi, z bins")
     parser.add_argument("--full-width", action="store_true", help="keep the configs' channel widths")
     parser.add_argument("--device", default="auto")
     return parser.parse_args()
@@ -67,10 +67,12 @@ def bench_config(path: Path, args: argparse.Namespace, seed: int) -> TrainConfig
         model = dataclasses.replace(model, point_channels=(32, 64), base_channels=16, levels=3)
     # The trainer's own end-of-run validation only feeds its log; the bench scores every scan itself.
     data = dataclasses.replace(config.data, num_workers=0, max_val_scans=2)
+    optim = dataclasses.replace(config.optim, warmup_steps=min(config.optim.warmup_steps, args.steps // 8))
     return dataclasses.replace(
         config,
         model=model,
         data=data,
+        optim=optim,
         epochs=10_000,  # max_steps is the budget
         max_steps=args.steps,
         val_every=args.steps,
