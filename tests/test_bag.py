@@ -174,14 +174,16 @@ class CloudListener:
     def __init__(self, topic: str, name: str = "m2s_test_listener"):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import PointCloud2
 
         self.arrivals: list[tuple[float, int]] = []  # (time.monotonic(), header stamp ns)
         self._context = rclpy.Context()
         rclpy.init(context=self._context)
         self._node = rclpy.create_node(name, context=self._context)
-        self._node.create_subscription(PointCloud2, topic, self._on_cloud, qos_profile_sensor_data)
+        # Reliable: matches `m2s-bag replay --reliable`, so a loaded machine loses nothing.
+        qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        self._node.create_subscription(PointCloud2, topic, self._on_cloud, qos)
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
         self._thread = threading.Thread(target=self._executor.spin, daemon=True)
@@ -206,7 +208,7 @@ def test_replay_keeps_the_bag_timing_scaled_by_rate(tmp_path: Path):
     listener = CloudListener("/velodyne_points")
     try:
         result = _m2s_bag("replay", str(bag), "--rate", "2", "--topics", "/velodyne_points",
-                          "--wait-for-subscriber", "20")  # fmt: skip
+                          "--wait-for-subscriber", "20", "--reliable")  # fmt: skip
         deadline = time.monotonic() + 5
         while len(listener.arrivals) < len(times) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -228,7 +230,7 @@ def test_replay_loops_a_bag(tmp_path: Path):
     listener = CloudListener("/velodyne_points")
     try:
         result = _m2s_bag("replay", str(bag), "--loop", "3", "--topics", "/velodyne_points",
-                          "--wait-for-subscriber", "20")  # fmt: skip
+                          "--wait-for-subscriber", "20", "--reliable")  # fmt: skip
         deadline = time.monotonic() + 5
         while len(listener.arrivals) < 9 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -291,3 +293,23 @@ def test_evaluate_names_missing_ground_truth_topic(tiny_root: Path, tmp_path: Pa
     with pytest.raises(BagError, match="no topic '/lidar/labels'"):
         evaluate_bag(bag, checkpoint, tmp_path / "out", EvaluationOptions(labels_topic="/lidar/labels"))
     assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def test_timed_evaluation_counts_the_scans_a_slow_node_drops(tmp_path: Path):
+    from m2s_training.bag.evaluate import EvaluationOptions, evaluate_bag
+
+    # 6 scans at 10 Hz into a node that needs > 0.3 s per scan: it keeps only the newest scan, so
+    # most scans get no output, and each of those must be reported as dropped.
+    root = write_tiny_sequence(tmp_path / "kitti", times=np.arange(6) * 0.1)
+    bag = convert_sequence(root, "08", tmp_path / "bag", progress=False)
+    checkpoint = _tiny_checkpoint(tmp_path / "tiny.pt")
+    options = EvaluationOptions(rate=1.0, device="cpu", node_parameters={"debug_delay_s": 0.3})
+    result = evaluate_bag(bag, checkpoint, tmp_path / "out", options)
+
+    stamps = list(stamps_ns(np.arange(6) * 0.1, BagLayout().start_time_ns))
+    assert result["scans"] == 6 and result["mode"] == "rate 1"
+    assert 2 <= result["scans_dropped"] <= 5
+    assert result["scans_scored"] + result["scans_dropped"] == 6
+    assert set(result["dropped_stamps_ns"]) < set(stamps)
+    assert result["latency_ms"]["count"] == result["scans_scored"]
+    assert result["latency_ms"]["p50"] >= 300  # the node's 0.3 s delay is in every answered scan

@@ -69,6 +69,8 @@ def _add_replay(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--topics", nargs="+", default=(), help="only these topics")
     p.add_argument("--wait-for-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber on the cloud topics before playing")  # fmt: skip
+    p.add_argument("--reliable", action="store_true",
+                   help="publish clouds RELIABLE (RViz's default) instead of sensor-data best effort")  # fmt: skip
     p.set_defaults(run=_run_replay)
 
 
@@ -77,7 +79,7 @@ def _run_replay(args: argparse.Namespace) -> None:
 
     options = ReplayOptions(
         rate=args.rate, loops=args.loop, clock=args.clock, topics=tuple(args.topics),
-        wait_for_subscriber=args.wait_for_subscriber,
+        wait_for_subscriber=args.wait_for_subscriber, reliable_clouds=args.reliable,
     )  # fmt: skip
     published = replay(args.bag, options)
     print(f"published {published} messages from {args.bag}")

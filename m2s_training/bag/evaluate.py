@@ -93,6 +93,8 @@ def node_parameters(checkpoint: Path, options: EvaluationOptions) -> dict:
         "min_range": 0.0,
         "max_range": 1000.0,
         "label_format": "train",
+        # Lock-step has one scan in flight: reliable delivery then loses nothing and never queues.
+        "input_reliability": "reliable" if options.lockstep else "best_effort",
     }
     return {**parameters, **options.node_parameters}
 
@@ -254,7 +256,9 @@ def _replay_and_record(bag: Path, checkpoint: Path, out: Path, options: Evaluati
         stack.callback(context.try_shutdown)
         node = rclpy.create_node("m2s_bag_evaluate", context=context)
         stack.callback(node.destroy_node)
-        player = BagPlayer(node, bag, ReplayOptions(rate=options.rate, topics=(options.cloud_topic,)))
+        player = BagPlayer(
+            node, bag, ReplayOptions(rate=options.rate, topics=(options.cloud_topic,), reliable_clouds=options.lockstep)
+        )
         stack.callback(player.close)
         recorder = OutputRecorder(
             node, options.output_topic, writer, label_map, raw_label_ids=parameters["label_format"] == "raw"

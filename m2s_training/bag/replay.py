@@ -4,8 +4,9 @@ Messages go out as the bag's serialised CDR bytes (``Publisher.publish(bytes)``)
 deserialised and any message type works whose Python package is installed; topics whose package
 is missing (e.g. ``tf2_msgs`` on a pip-only machine) are skipped with a warning naming them.
 Message ``k`` is published at ``start + (t_k - t_0) / rate`` on the wall clock, ``t`` being the
-bag's log time. PointCloud2 topics use sensor-data QoS (best effort, keep last 5), as drivers do;
-other topics use the QoS recorded in the bag (transient_local for ``/tf_static``), else reliable.
+bag's log time. PointCloud2 topics use sensor-data QoS (best effort, keep last 5), as drivers do, or reliable
+(``--reliable``: what RViz subscribes with by default, and lossless on loopback); other topics
+use the QoS recorded in the bag (transient_local for ``/tf_static``), else reliable.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ReplayOptions:
     clock: bool = False  # publish /clock (rosgraph_msgs/Clock) with the bag time, for use_sim_time nodes
     topics: tuple[str, ...] = ()  # empty: every topic whose message package is installed
     wait_for_subscriber: float = 0.0  # seconds to wait for a subscriber on every PointCloud2 topic first
+    reliable_clouds: bool = False  # PointCloud2 topics RELIABLE instead of sensor-data best effort (RViz's default)
 
     def __post_init__(self) -> None:
         if not self.rate > 0:
@@ -67,8 +69,10 @@ def message_class(msgtype: str) -> type | None:
         return None
 
 
-def publisher_qos(connection: Connection) -> QoSProfile:
+def publisher_qos(connection: Connection, reliable_clouds: bool = False) -> QoSProfile:
     if connection.msgtype == POINTCLOUD2:
+        if reliable_clouds:
+            return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
         return qos_profile_sensor_data
     recorded = connection.ext.offered_qos_profiles if connection.ext else []
     profile = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -103,7 +107,9 @@ class BagPlayer:
             if cls is None:
                 self.skipped[connection.topic] = connection.msgtype
                 continue
-            self._publishers[connection.topic] = node.create_publisher(cls, connection.topic, publisher_qos(connection))
+            self._publishers[connection.topic] = node.create_publisher(
+                cls, connection.topic, publisher_qos(connection, options.reliable_clouds)
+            )
             self.connections.append(connection)
         for topic, msgtype in self.skipped.items():
             log.warning("%s: skipping %s: Python package for %s is not installed", self.bag, topic, msgtype)
@@ -121,6 +127,14 @@ class BagPlayer:
 
     def close(self) -> None:
         self._reader.close()
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until reliable subscribers acknowledged everything, so exiting right after
+        the last message does not take it down with the process (best-effort ones return at once)."""
+        from rclpy.duration import Duration
+
+        wait = Duration(nanoseconds=int(timeout * 1e9))
+        return all(publisher.wait_for_all_acked(wait) for publisher in self._publishers.values())
 
     def messages(self) -> Iterator[BagMessage]:
         for connection, log_time, data in self._reader.messages(connections=self.connections):
@@ -191,6 +205,7 @@ def replay(bag: str | Path, options: ReplayOptions, node_name: str = "m2s_bag_re
         player = BagPlayer(node, bag, options)
         log.info("replaying %s (%s) at rate %g", bag, ", ".join(player.topics), options.rate)
         published = player.play()
+        player.flush()
     except KeyboardInterrupt:
         log.info("interrupted")
     finally:
