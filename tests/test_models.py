@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 
@@ -98,6 +99,27 @@ def test_out_of_range_points_are_clamped_to_border_cells(backbone: str):
     assert coords[0].tolist() == [0, rho_bins - 1, phi_bins // 2, z_bins - 1]
     assert coords[1].tolist() == [0, 0, phi_bins // 2, 0]
     assert coords[2, 1].item() == 0
+
+
+@pytest.mark.parametrize("circular_phi", [True, False])
+def test_polar_grid_wraps_around_phi_only_when_circular(circular_phi: bool):
+    torch.manual_seed(0)
+    config = ModelConfig(grid_size=(16, 64, 4), rho_range=(0.0, 16.0), z_range=(-2.0, 2.0), levels=2)
+    model = build_model(dataclasses.replace(config, circular_phi=circular_phi)).eval()
+    just_above_minus_pi, just_below_pi = -math.pi + 0.01, math.pi - 0.01
+    probe = torch.tensor([[8.5 * math.cos(just_above_minus_pi), 8.5 * math.sin(just_above_minus_pi), 0.0, 0.5]])
+    neighbour = torch.tensor([[8.5 * math.cos(just_below_pi), 8.5 * math.sin(just_below_pi), 0.0, 0.5]])
+    with torch.no_grad():
+        alone = model(*single(probe)).point_features["bev_decoder"][0]
+        beside = model(*single(torch.cat([probe, neighbour]))).point_features["bev_decoder"][0]
+    # phi bins 0 and 63 touch across ±π; without wrapping they are 63 columns apart, out of reach.
+    change = (alone - beside).abs().max().item()
+    scale = alone.abs().max().item()
+    assert scale > 0
+    if circular_phi:
+        assert change > 0.01 * scale
+    else:
+        assert change < 1e-4 * scale  # rounding only (the pooled cells go through a 1- vs 2-row matmul)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

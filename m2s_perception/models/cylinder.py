@@ -8,6 +8,9 @@ the output rows line up with the pooled voxels one to one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -140,17 +143,8 @@ class Cylinder3D(nn.Module):
         x = self.spconv.SparseConvTensor(
             voxel_features, voxel_coords.int(), [rho_bins, phi_bins, height_bins], batch_size
         )
-        x = self.stem(x)
-        skips = []
-        for down, encoder in zip(self.downs, self.encoders, strict=True):
-            skips.append(x)
-            x = encoder(down(x))
-        bottleneck = x
-        for up, decoder, skip in zip(reversed(self.ups), reversed(self.decoders), reversed(skips), strict=True):
-            # The inverse conv restores exactly the skip's voxels in the skip's order, so features concatenate.
-            upsampled = up(x)
-            x = decoder(upsampled.replace_feature(torch.cat([upsampled.features, skip.features], dim=1)))
-        voxel_logits = self.head(x).features + self.head_bias
+        with _single_thread_on_cpu(points.device):
+            bottleneck, x, voxel_logits = self._sparse_unet(x)
         return ModelOutput(
             point_logits=voxel_logits[point_to_voxel],
             voxel_logits=voxel_logits,
@@ -162,6 +156,35 @@ class Cylinder3D(nn.Module):
                 "sparse_decoder": x.features[point_to_voxel],
             },
         )
+
+    def _sparse_unet(self, x):
+        """Return the bottleneck, the last decoder level and the voxel logits."""
+        x = self.stem(x)
+        skips = []
+        for down, encoder in zip(self.downs, self.encoders, strict=True):
+            skips.append(x)
+            x = encoder(down(x))
+        bottleneck = x
+        for up, decoder, skip in zip(reversed(self.ups), reversed(self.decoders), reversed(skips), strict=True):
+            # The inverse conv restores exactly the skip's voxels in the skip's order, so features concatenate.
+            upsampled = up(x)
+            x = decoder(upsampled.replace_feature(torch.cat([upsampled.features, skip.features], dim=1)))
+        return bottleneck, x, self.head(x).features + self.head_bias
+
+
+@contextmanager
+def _single_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """spconv 2.3's multi-threaded CPU kernels race: repeated forwards of one input differ by up to
+    ~20% of the logits. One thread makes them deterministic; CUDA is unaffected."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _coarse_features(coarse, fine_coords: Tensor, num_downsamples: int) -> Tensor:

@@ -15,27 +15,27 @@ from m2s_perception.models import ModelConfig, ModelOutput
 from m2s_perception.models.grid import POINT_FEATURES, CylindricalGrid, PointEncoder, segment_max, unique_inverse
 
 
-class PolarConv(nn.Module):
-    """3×3 conv + BN + ReLU on a (rho, phi) map; phi padded circularly since the grid wraps at ±π."""
+class DoubleConv(nn.Module):
+    """Two 3×3 conv + BN + ReLU on a (rho, phi) map.
+
+    With ``circular_phi`` the phi axis wraps around (the grid is a full circle): the input is padded
+    circularly by two columns once, and both convs run unpadded along phi.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, circular_phi: bool):
         super().__init__()
         self.circular_phi = circular_phi
         padding = (1, 0) if circular_phi else (1, 1)
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=False)
-        self.norm = nn.BatchNorm2d(out_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=padding, bias=False)
+        self.norm1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=padding, bias=False)
+        self.norm2 = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.circular_phi:
-            x = F.pad(x, (1, 1, 0, 0), mode="circular")
-        return F.relu(self.norm(self.conv(x)), inplace=True)
-
-
-class DoubleConv(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int, circular_phi: bool):
-        super().__init__(
-            PolarConv(in_channels, out_channels, circular_phi), PolarConv(out_channels, out_channels, circular_phi)
-        )
+            x = F.pad(x, (2, 2, 0, 0), mode="circular")
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        return F.relu(self.norm2(self.conv2(x)), inplace=True)
 
 
 class UNet2d(nn.Module):
@@ -78,6 +78,12 @@ class PolarNet(nn.Module):
         self.point_encoder = PointEncoder(POINT_FEATURES, tuple(config.channels(c) for c in config.point_channels))
         bev_channels = config.channels(config.base_channels)
         self.compress = nn.Sequential(nn.Linear(self.point_encoder.out_channels, bev_channels), nn.ReLU(inplace=True))
+        bottleneck_phi_bins = -(-config.grid_size[1] // 2 ** (config.levels - 1))
+        if config.circular_phi and bottleneck_phi_bins < 2:
+            raise ValueError(
+                f"grid_size phi = {config.grid_size[1]} is too small for {config.levels} U-Net levels "
+                "with circular_phi: the bottleneck needs at least 2 phi bins"
+            )
         self.unet = UNet2d(bev_channels, bev_channels, config.levels, config.circular_phi)
         self.height_bins = config.grid_size[2]
         self.head = nn.Linear(self.unet.out_channels, config.num_classes * self.height_bins)
@@ -99,9 +105,8 @@ class PolarNet(nn.Module):
         cell_i = cells // phi_bins % rho_bins
         cell_j = cells % phi_bins
         decoded_at_cells = decoded[cell_b, :, cell_i, cell_j]  # (U, C)
-        bottleneck_at_cells = bottleneck[
-            cell_b, :, cell_i * bottleneck.shape[2] // rho_bins, cell_j * bottleneck.shape[3] // phi_bins
-        ]
+        stride = 2 ** (self.config.levels - 1)  # ceil-mode 2×2 pooling per level: cell i lands in i // stride
+        bottleneck_at_cells = bottleneck[cell_b, :, cell_i // stride, cell_j // stride]
         cell_logits = self.head(decoded_at_cells).view(len(cells), height_bins, -1)
 
         voxels, point_to_voxel = unique_inverse(point_to_cell * height_bins + k)
