@@ -116,3 +116,14 @@ def test_missing_labels_or_sequence_is_a_clear_error(tmp_path):
         SemanticKittiDataset(tmp_path, ["00"])
     with pytest.raises(KittiFormatError, match="does not exist"):
         SemanticKittiDataset(tmp_path, ["05"])
+
+
+def test_max_points_keeps_a_random_subset_in_order_with_its_labels(tmp_path):
+    write_sequence(tmp_path)
+    full = SemanticKittiDataset(tmp_path, ["00"])[1]
+    sample = SemanticKittiDataset(tmp_path, ["00"], max_points=20, seed=5)[1]
+    assert sample.points.shape == (20, 4)
+    rows = [int(np.flatnonzero((full.points == p).all(axis=1))[0]) for p in sample.points]
+    assert rows == sorted(set(rows))  # distinct points of the scan, scan order kept
+    np.testing.assert_array_equal(sample.labels, full.labels[rows])
+    np.testing.assert_array_equal(sample.instance, full.instance[rows])

@@ -130,6 +130,7 @@ class SemanticKittiDataset(Dataset):
         fuser: Fuser | None = None,
         max_scans: int | None = None,
         seed: int = 0,
+        max_points: int | None = None,
     ):
         if not sequences:
             raise KittiFormatError(f"{root}: no sequences given for the dataset")
@@ -145,6 +146,7 @@ class SemanticKittiDataset(Dataset):
             self.items = [self.items[p] for p in picks]
         self.augment_config = augment
         self.fuser = fuser
+        self.max_points = max_points
         self.seed = seed
         self.epoch = 0
 
@@ -158,10 +160,15 @@ class SemanticKittiDataset(Dataset):
     def __getitem__(self, item: int) -> Sample:
         seq_no, index = self.items[item]
         seq = self.sequences[seq_no]
+        rng = np.random.default_rng([self.seed, self.epoch, item])
         points = seq.points(index)
         semantic, instance = seq.labels(index, len(points))
         labels = self.label_map.to_train(semantic).astype(np.int64)
         instance = instance.astype(np.int64)
+        if self.max_points is not None and len(points) > self.max_points:
+            # a random subset in scan order: cheaper CPU training; the grid pools points per cell anyway
+            keep = np.sort(rng.choice(len(points), self.max_points, replace=False))
+            points, labels, instance = points[keep], labels[keep], instance[keep]
         is_fused = np.zeros(len(points), dtype=bool)
         if self.fuser is not None:
             fused = self.fuser.fuse(seq, index)
@@ -170,7 +177,6 @@ class SemanticKittiDataset(Dataset):
             instance = np.concatenate([instance, np.asarray(fused.instance, dtype=np.int64)])
             is_fused = np.concatenate([is_fused, np.ones(len(fused.points), dtype=bool)])
         if self.augment_config is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, item])
             points = augment(points, self.augment_config, rng)
         return Sample(points.astype(np.float32), labels, instance, is_fused, (seq.name, seq.frame_id(index)))
 

@@ -1,0 +1,129 @@
+"""``m2s-eval``: segment every scan of a split through ``Segmenter.predict`` and score it.
+
+Writes, under ``--out``:
+
+- ``metrics.json``: mIoU (official SemanticKITTI definition, see ``m2s_training.metrics``), IoU per
+  class name, accuracy, hard-class mIoU, confusion matrix, scan and point counts, timing;
+- ``iou.png``: per-class IoU bar chart;
+- ``sequences/XX/predictions/NNNNNN.label``: raw-id predictions, the layout the official
+  ``evaluate_semantics.py`` reads, so it reports the same mIoU.
+
+Predicting through ``Segmenter.predict`` (the node's code path) makes this evaluation, the node and
+``m2s-bag evaluate`` agree label for label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from m2s_perception.checkpoint import CheckpointError
+from m2s_perception.inference import Segmenter
+from m2s_perception.labels import LabelMap, load_label_map
+from m2s_training.atomic import atomic_path, write_text_atomic
+from m2s_training.data.semantic_kitti import KittiFormatError, Sequence, split_sequences, write_prediction
+from m2s_training.metrics import SegmentationMetrics, confusion_matrix
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    out: str | Path,
+    device: str = "auto",
+    max_scans: int | None = None,
+) -> dict:
+    """Predict, write predictions and metrics; return the metrics dict that went to metrics.json."""
+    label_map = load_label_map()
+    out = Path(out)
+    if not (Path(data) / "sequences").is_dir():
+        raise KittiFormatError(f"{data}: no sequences/ folder (expected SemanticKITTI layout ROOT/sequences/XX)")
+    sequences = [Sequence(data, name) for name in split_sequences(data, split, label_map)]
+    if not sequences:
+        wanted = " ".join(label_map.sequences(split))
+        raise KittiFormatError(f"{data}/sequences: none of the {split} sequences ({wanted}) exist")
+    for seq in sequences:
+        if not seq.has_labels:
+            raise KittiFormatError(f"{seq.path / 'labels'}: evaluation needs ground-truth labels")
+    segmenter = Segmenter.from_checkpoint(checkpoint, device)
+    scans = [(seq, i) for seq in sequences for i in range(len(seq))][:max_scans]
+
+    confusion = torch.zeros(label_map.num_classes, label_map.num_classes, dtype=torch.int64)
+    started = time.perf_counter()
+    for seq, index in tqdm(scans, desc=f"m2s-eval {split}", unit="scan", mininterval=2):
+        frame = seq.frame(index)
+        prediction = segmenter.predict(frame.points)
+        write_prediction(out, seq.name, seq.frame_id(index), prediction.labels, label_map)
+        target = label_map.to_train(frame.semantic)
+        confusion += confusion_matrix(torch.from_numpy(prediction.labels), torch.from_numpy(target), len(confusion))
+    seconds = time.perf_counter() - started
+
+    metrics = SegmentationMetrics.from_confusion(confusion, label_map.hard_class_ids())
+    result = {
+        **metrics.to_dict(label_map),
+        "scans": len(scans),
+        "sequences": [seq.name for seq in sequences],
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "device": str(segmenter.device),
+        "seconds": round(seconds, 3),
+        "ms_per_scan": round(1000 * seconds / max(1, len(scans)), 2),
+    }
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1) + "\n")
+    plot_iou(metrics, label_map, out / "iou.png", title=f"{Path(checkpoint).name} on {split} ({len(scans)} scans)")
+    return result
+
+
+def plot_iou(metrics: SegmentationMetrics, label_map: LabelMap, path: Path, title: str = "") -> None:
+    """Horizontal bars of IoU per class in the class colours, with the mIoU as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = list(range(1, len(metrics.iou)))
+    names = [label_map.class_names[c] for c in ids]
+    colours = label_map.train_rgb[ids] / 255.0
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.barh(names, metrics.iou[ids], color=colours, edgecolor="black", linewidth=0.5)
+    ax.axvline(metrics.miou, color="black", linestyle="--", label=f"mIoU {metrics.miou:.3f}")
+    for y, value in enumerate(metrics.iou[ids]):
+        ax.text(min(value + 0.01, 0.9), y, f"{value:.2f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="IoU", title=title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="m2s-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--checkpoint", required=True, help="m2s checkpoint (.pt)")
+    parser.add_argument("--data", required=True, help="SemanticKITTI-layout root holding sequences/XX")
+    parser.add_argument("--split", default="val", help="train | val | test (sequences of the label map's split)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--max-scans", type=int, help="evaluate only the first N scans of the split")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans)
+    except (FileNotFoundError, KittiFormatError, CheckpointError, KeyError) as err:
+        sys.exit(f"m2s-eval: {err}")
+    print(f"mIoU {result['miou']:.4f}  accuracy {result['accuracy']:.4f}  hard mIoU {result['hard_miou']:.4f}")
+    print(f"{result['scans']} scans, {result['ms_per_scan']} ms/scan on {result['device']}; wrote {args.out}")
+    for name, iou in result["iou"].items():
+        print(f"  {name:<14} {iou:.4f}")
+
+
+if __name__ == "__main__":
+    main()
