@@ -283,3 +283,40 @@ def test_build_distiller_from_checkpoint(tmp_path):
         build_distiller(
             {"feature_names": ["nope"]}, tmp_path / "teacher.pt", other_grid.__class__(**TINY), device="cpu"
         )
+
+
+@pytest.mark.slow
+def test_teacher_then_distill_through_the_trainer_on_synthetic_data(tmp_path):
+    """m2s-train's path end to end: a fused-input teacher, then a student distilled from it."""
+    import csv
+    import dataclasses
+    from pathlib import Path
+
+    from m2s_perception.checkpoint import read_checkpoint
+    from m2s_training.synth import generate
+    from m2s_training.trainer import Trainer, load_config
+
+    generate(tmp_path / "data", ["00", "08"], preset="tiny", scans=6, seed=0)
+    config_dir = Path(__file__).resolve().parent.parent / "config"
+
+    def shrink(name: str):
+        config = load_config(config_dir / name)
+        model = dataclasses.replace(config.model, **TINY)
+        data = dataclasses.replace(config.data, num_workers=0, max_val_scans=2)
+        return dataclasses.replace(config, model=model, data=data, max_steps=3, val_every=3, checkpoint_every=3)
+
+    Trainer(
+        shrink("teacher_polar_synthetic.yaml"), tmp_path / "data", tmp_path / "teacher", "teacher", None, "cpu"
+    ).fit()
+    teacher_ckpt = tmp_path / "teacher" / "last.pt"
+    before = read_checkpoint(teacher_ckpt)["state_dict"]
+    trainer = Trainer(
+        shrink("distill_polar_synthetic.yaml"), tmp_path / "data", tmp_path / "student", "distill", teacher_ckpt, "cpu"
+    )
+    assert trainer.train_set[5].is_fused.any()  # the teacher's input carries the previous scans' instances
+    trainer.fit()
+    with open(tmp_path / "student" / "log.csv", encoding="utf-8") as f:
+        logged = {row["name"] for row in csv.DictReader(f) if row["split"] == "train"}
+    assert set(LOSS_NAMES) <= logged
+    for key, value in trainer.extra_loss.teacher.state_dict().items():
+        torch.testing.assert_close(value.cpu(), before[key], rtol=0, atol=0)
