@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2s_training.data.dataset import AugmentConfig, SemanticKittiDataset, augment, collate
+from m2s_training.data.dataset import AugmentConfig, SemanticKittiDataset, augment, collate, make_loader
 from m2s_training.data.semantic_kitti import KittiFormatError, write_calib, write_labels, write_poses, write_scan
 
 RAW_IDS = np.array([40, 10, 252, 0, 81], dtype=np.uint16)  # road, car, moving-car, unlabeled, traffic-sign
@@ -127,3 +127,19 @@ def test_max_points_keeps_a_random_subset_in_order_with_its_labels(tmp_path):
     assert rows == sorted(set(rows))  # distinct points of the scan, scan order kept
     np.testing.assert_array_equal(sample.labels, full.labels[rows])
     np.testing.assert_array_equal(sample.instance, full.instance[rows])
+
+
+def test_worker_processes_load_the_same_batches_as_the_main_process(tmp_path):
+    write_sequence(tmp_path, sizes=(10, 20, 30, 40))
+    dataset = SemanticKittiDataset(tmp_path, ["00"], augment=AugmentConfig(), seed=2)
+    dataset.set_epoch(3)
+    order = [3, 0, 2, 1]
+    in_main = list(make_loader(dataset, 2, order, num_workers=0))
+    in_workers = list(make_loader(dataset, 2, order, num_workers=2))
+    assert [b.frames for b in in_workers] == [
+        [("00", "000003"), ("00", "000000")],
+        [("00", "000002"), ("00", "000001")],
+    ]
+    for a, b in zip(in_main, in_workers, strict=True):
+        torch.testing.assert_close(a.points, b.points)
+        torch.testing.assert_close(a.labels, b.labels)
