@@ -16,6 +16,12 @@ To fit a shared 2-core CPU (~15 min for two seeds) the configs' grid and widths 
 
     nice -n 10 .venv/bin/python bench/kd_synthetic.py --out runs/kd_synthetic
     nice -n 10 .venv/bin/python bench/kd_synthetic.py --out runs/kd_full --steps 600 --grid 240 180 16 --full-width
+
+A finished run in ``OUT/seedN/MODEL`` (its ``last.pt``) is reused, not retrained; an ablation can
+link the teacher and student runs of another output folder and change only the distillation::
+
+    nice -n 10 .venv/bin/python bench/kd_synthetic.py --out runs/kd_logit_only \
+        --distill feature=0 instance_affinity=0 point_affinity=0 voxel_affinity=0
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
@@ -56,6 +63,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--grid", type=int, nargs=3, default=[48, 48, 8], help="rho, phi, z bins")
     parser.add_argument("--full-width", action="store_true", help="keep the configs' channel widths")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--distill",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override distill: settings, e.g. --distill feature=0 instance_affinity=0 (ablations)",
+    )
     return parser.parse_args()
 
 
@@ -67,18 +81,29 @@ def bench_config(path: Path, args: argparse.Namespace, seed: int) -> TrainConfig
         model = dataclasses.replace(model, point_channels=(32, 64), base_channels=16, levels=3)
     # The trainer's own end-of-run validation only feeds its log; the bench scores every scan itself.
     data = dataclasses.replace(config.data, num_workers=0, max_val_scans=2)
+    distill = config.distill
+    if distill is not None:
+        distill = {**distill, **{key: yaml.safe_load(value) for key, value in map(_key_value, args.distill)}}
     optim = dataclasses.replace(config.optim, warmup_steps=min(config.optim.warmup_steps, args.steps // 8))
     return dataclasses.replace(
         config,
         model=model,
         data=data,
         optim=optim,
+        distill=distill,
         epochs=10_000,  # max_steps is the budget
         max_steps=args.steps,
         val_every=args.steps,
         checkpoint_every=args.steps,
         seed=seed,
     )
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--distill expects KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def train(config: TrainConfig, data: Path, out: Path, mode: str, device: str, teacher: Path | None = None) -> dict:
