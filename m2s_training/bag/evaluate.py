@@ -93,8 +93,11 @@ def node_parameters(checkpoint: Path, options: EvaluationOptions) -> dict:
         "min_range": 0.0,
         "max_range": 1000.0,
         "label_format": "train",
-        # Lock-step has one scan in flight: reliable delivery then loses nothing and never queues.
-        "input_reliability": "reliable" if options.lockstep else "best_effort",
+        # Reliable both ways: best-effort clouds of ~2 MB lose fragments even on loopback, and a
+        # lost cloud would be counted against the node. The node still keeps only the newest scan
+        # (keep-last 1), so reliability adds no queue and the drop count measures the node alone.
+        "input_reliability": "reliable",
+        "output_reliability": "reliable",
     }
     return {**parameters, **options.node_parameters}
 
@@ -142,8 +145,8 @@ class OutputRecorder:
         self._label_map = label_map
         self._raw_label_ids = raw_label_ids
         self._answered = threading.Condition()
-        # Best effort matches either publisher reliability; a deep queue so we never drop locally.
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+        # Reliable (the node is told to publish reliable) and a deep queue: nothing lost on our side.
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.subscription = node.create_subscription(PointCloud2, topic, self._on_output, qos, raw=True)
 
     def _on_output(self, raw: bytes) -> None:
@@ -257,7 +260,7 @@ def _replay_and_record(bag: Path, checkpoint: Path, out: Path, options: Evaluati
         node = rclpy.create_node("m2s_bag_evaluate", context=context)
         stack.callback(node.destroy_node)
         player = BagPlayer(
-            node, bag, ReplayOptions(rate=options.rate, topics=(options.cloud_topic,), reliable_clouds=options.lockstep)
+            node, bag, ReplayOptions(rate=options.rate, topics=(options.cloud_topic,), reliable_clouds=True)
         )
         stack.callback(player.close)
         recorder = OutputRecorder(
