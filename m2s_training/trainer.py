@@ -333,10 +333,12 @@ class Trainer:
         if self.ddp.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        extra_params = [p for p in self.extra_loss.parameters() if p.requires_grad] if self.extra_loss else []
-        self.extra_params = extra_params
+        # the extra loss's trainable parameters (distillation adapters) are optimised with the model
+        self.extra_params = (
+            [p for p in self.extra_loss.parameters() if p.requires_grad] if self.extra_loss is not None else []
+        )
         self.optimizer = torch.optim.AdamW(
-            [*self.model.parameters(), *extra_params], lr=config.optim.lr, weight_decay=config.optim.weight_decay
+            [*self.model.parameters(), *self.extra_params], lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.total_steps, config.optim)
