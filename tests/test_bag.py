@@ -43,14 +43,16 @@ def _transform(axis, angle, translation) -> np.ndarray:
     return matrix
 
 
-def write_tiny_sequence(root: Path, sequence: str = "08", times: np.ndarray = TIMES, seed: int = 0) -> Path:
+def write_tiny_sequence(
+    root: Path, sequence: str = "08", times: np.ndarray = TIMES, seed: int = 0, num_points: int = 700
+) -> Path:
     """A hand-made SemanticKITTI sequence: random points and labels, a curved drive, a tilted calibration."""
     rng = np.random.default_rng(seed)
     folder = root / "sequences" / sequence
     tr = _transform([1, -1, 1], 2.1, [0.27, -0.08, -0.01])  # LiDAR → camera, like KITTI's axis swap
     lidar_poses = [_transform([0.1, 0.05, 1.0], 0.3 * i, [2.0 * i, 0.4 * i * i, 0.05 * i]) for i in range(len(times))]
     for index in range(len(times)):
-        points = rng.normal(scale=15.0, size=(700 + 37 * index, 4)).astype(np.float32)
+        points = rng.normal(scale=15.0, size=(num_points + 37 * index, 4)).astype(np.float32)
         points[:, 3] = rng.uniform(0, 1, len(points))
         sk.write_scan(folder / "velodyne" / f"{index:06d}.bin", points)
         semantic = rng.choice(RAW_IDS, size=len(points))
@@ -64,6 +66,12 @@ def write_tiny_sequence(root: Path, sequence: str = "08", times: np.ndarray = TI
 @pytest.fixture
 def tiny_root(tmp_path: Path) -> Path:
     return write_tiny_sequence(tmp_path / "kitti")
+
+
+def load_map_train(root: Path) -> np.ndarray:
+    """Training ids of every point of sequence 08, scans concatenated."""
+    seq = sk.Sequence(root, "08")
+    return np.concatenate([load_label_map().to_train(seq.labels(i)[0]) for i in range(len(seq))])
 
 
 def _messages(bag: Path, topic: str) -> list[tuple[int, object]]:
@@ -313,3 +321,15 @@ def test_timed_evaluation_counts_the_scans_a_slow_node_drops(tmp_path: Path):
     assert set(result["dropped_stamps_ns"]) < set(stamps)
     assert result["latency_ms"]["count"] == result["scans_scored"]
     assert result["latency_ms"]["p50"] >= 300  # the node's 0.3 s delay is in every answered scan
+
+
+def test_evaluation_receives_hdl64_sized_clouds(tmp_path: Path):
+    from m2s_training.bag.evaluate import EvaluationOptions, evaluate_bag
+
+    # ~2 MB clouds: best-effort DDS loses fragments of these even on loopback; nothing may be lost here.
+    root = write_tiny_sequence(tmp_path / "kitti", times=np.arange(2) * 0.1, num_points=130_000)
+    bag = convert_sequence(root, "08", tmp_path / "bag", progress=False)
+    checkpoint = _tiny_checkpoint(tmp_path / "tiny.pt")
+    result = evaluate_bag(bag, checkpoint, tmp_path / "out", EvaluationOptions(lockstep=True, device="cpu"))
+    assert (result["scans_scored"], result["scans_dropped"]) == (2, 0)
+    assert result["points"] == int(np.count_nonzero(load_map_train(root)))
