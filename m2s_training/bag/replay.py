@@ -99,6 +99,7 @@ class BagPlayer:
         wanted = set(options.topics) or set(self._reader.topics)
         self.connections: list[Connection] = []
         self.skipped: dict[str, str] = {}
+        self.published = 0  # messages sent so far, over all passes
         self._publishers = {}
         for connection in self._reader.connections:
             if connection.topic not in wanted or connection.topic in self._publishers:
@@ -155,15 +156,13 @@ class BagPlayer:
         """Publish the bag ``options.loops`` times (0: until interrupted); returns messages published."""
         if self.options.wait_for_subscriber > 0 and not self.wait_for_subscribers(self.options.wait_for_subscriber):
             log.warning("%s: no subscriber after %.1f s; publishing anyway", self.bag, self.options.wait_for_subscriber)
-        published = 0
         passes = 0
         while self.options.loops == 0 or passes < self.options.loops:
-            published += self._play_once(on_published)
+            self._play_once(on_published)
             passes += 1
-        return published
+        return self.published
 
-    def _play_once(self, on_published: PublishHook | None) -> int:
-        published = 0
+    def _play_once(self, on_published: PublishHook | None) -> None:
         wall_start = bag_start = None
         for message in self.messages():
             if wall_start is None:
@@ -176,11 +175,10 @@ class BagPlayer:
                 self._publish_clock(message.log_time_ns)
             self._publishers[message.topic].publish(message.data)
             sent = time.monotonic()
-            published += 1
+            self.published += 1
             if on_published is not None:
                 on_published(message, sent)
                 wall_start += time.monotonic() - sent  # a blocking hook pauses the bag's timeline
-        return published
 
     def _publish_clock(self, stamp_ns: int) -> None:
         from rosgraph_msgs.msg import Clock
@@ -200,11 +198,10 @@ def replay(bag: str | Path, options: ReplayOptions, node_name: str = "m2s_bag_re
     rclpy.init()
     node = rclpy.create_node(node_name)
     player = None
-    published = 0
     try:
         player = BagPlayer(node, bag, options)
         log.info("replaying %s (%s) at rate %g", bag, ", ".join(player.topics), options.rate)
-        published = player.play()
+        player.play()
         player.flush()
     except KeyboardInterrupt:
         log.info("interrupted")
@@ -213,4 +210,4 @@ def replay(bag: str | Path, options: ReplayOptions, node_name: str = "m2s_bag_re
             player.close()
         node.destroy_node()
         rclpy.try_shutdown()
-    return published
+    return 0 if player is None else player.published
