@@ -47,7 +47,7 @@ bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 demo: $(STAMP)
-	$(BIN)/m2s-info
+	$(BIN)/python -m m2s_training.demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info
