@@ -94,9 +94,10 @@ def plot_iou(metrics: SegmentationMetrics, label_map: LabelMap, path: Path, titl
     ax.barh(names, metrics.iou[ids], color=colours, edgecolor="black", linewidth=0.5)
     ax.axvline(metrics.miou, color="black", linestyle="--", label=f"mIoU {metrics.miou:.3f}")
     for y, value in enumerate(metrics.iou[ids]):
-        ax.text(min(value + 0.01, 0.9), y, f"{value:.2f}", va="center", fontsize=8)
+        # a white box keeps the value readable where it crosses the mIoU line
+        ax.text(value + 0.01, y, f"{value:.2f}", va="center", fontsize=8, bbox=dict(fc="white", ec="none", pad=0.5))
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="IoU", title=title)
+    ax.set(xlim=(0, 1.08), xlabel="IoU", title=title)
     ax.legend(loc="lower right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
