@@ -64,6 +64,7 @@ class DistillConfig:
     supervoxels_sampled: int = 24  # per batch
     rare_class_power: float = 0.5  # supervoxel weight grows as (max class count / class count) ** power
     far_weight: float = 1.0  # … and as 1 + far_weight · distance / farthest distance
+    ramp_steps: int = 0  # weights rise linearly from 0 over the first N steps: the student learns the task first
 
     def __post_init__(self) -> None:
         self.feature_names = tuple(self.feature_names)
@@ -74,6 +75,8 @@ class DistillConfig:
             raise ValueError(f"distill.temperature must be positive, got {self.temperature}")
         if self.affinity_max_points < 2:
             raise ValueError(f"distill.affinity_max_points must be >= 2, got {self.affinity_max_points}")
+        if self.ramp_steps < 0:
+            raise ValueError(f"distill.ramp_steps must be >= 0, got {self.ramp_steps}")
         if len(self.supervoxel_cells) != 3 or min(self.supervoxel_cells) < 1:
             raise ValueError(f"distill.supervoxel_cells must be three positive sizes, got {self.supervoxel_cells}")
         weights = {name: self.weight(name) for name in LOSS_NAMES}
@@ -83,6 +86,12 @@ class DistillConfig:
 
     def weight(self, loss_name: str) -> float:
         return float(getattr(self, loss_name.removeprefix("kd_")))
+
+    def ramp(self, step: int | None) -> float:
+        """Factor on every weight at optimisation step ``step`` (0-based; None: fully on)."""
+        if step is None or self.ramp_steps == 0:
+            return 1.0
+        return min(1.0, (step + 1) / self.ramp_steps)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> DistillConfig:
@@ -274,8 +283,9 @@ class Distiller(nn.Module):
         self.teacher.eval()  # frozen: batch-norm statistics stay the teacher's
         return self
 
-    def forward(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
-        """``batch``: the full batch (with fused points); ``output``: the student's on ``batch.student_view()``."""
+    def forward(self, batch: Batch, output: ModelOutput, step: int | None = None) -> dict[str, Tensor]:
+        """``batch``: the full batch (with fused points); ``output``: the student's on ``batch.student_view()``;
+        ``step``: the optimisation step, for ``ramp_steps``."""
         own = ~batch.is_fused
         if len(output.point_logits) != int(own.sum()):
             raise ValueError(
@@ -302,7 +312,8 @@ class Distiller(nn.Module):
             )
         if self._uses_affinity():
             terms.update(self._affinity_terms(batch, own, output, teacher_out))
-        return {name: value * c.weight(name) for name, value in terms.items()}
+        ramp = c.ramp(step)
+        return {name: value * (c.weight(name) * ramp) for name, value in terms.items()}
 
     def _affinity_terms(self, batch: Batch, own: Tensor, output: ModelOutput, teacher_out: ModelOutput) -> dict:
         c = self.config

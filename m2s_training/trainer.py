@@ -5,7 +5,7 @@
   teacher learns on them too, validation scores the scan's own points only.
 - ``distill``: the model (the student) sees ``batch.student_view()``; an ``extra_loss`` module
   built by ``m2s_training.distill.build_distiller`` receives the full batch (fused points included,
-  for the teacher) and the student's output, and returns named, weighted loss terms.
+  for the teacher), the student's output and the step, and returns named, weighted loss terms.
 
 Runs under ``torchrun`` use DDP (gloo on CPU, nccl on CUDA); only rank 0 writes. ``OUT/last.pt``
 holds everything needed to continue exactly (model, optimizer, scheduler, scaler, step, RNG);
@@ -448,7 +448,7 @@ class Trainer:
             output = self.ddp_model(seen.points, seen.batch_index, seen.batch_size)
             terms = self.criterion(output.point_logits, seen.labels)
             if self.extra_loss is not None:
-                extra = self.extra_loss(batch, output)
+                extra = self.extra_loss(batch, output, step=self.step)
                 clash = set(extra) & set(terms)
                 if clash:
                     raise ValueError(f"extra loss terms {sorted(clash)} clash with the task loss terms")

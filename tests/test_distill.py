@@ -196,6 +196,24 @@ def test_different_student_gives_positive_terms():
         assert value.item() > 1e-4, name
 
 
+def test_ramp_scales_every_term_linearly_over_the_first_steps():
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(**TINY)).eval()
+    student = build_model(ModelConfig(width=0.5, **TINY)).eval()
+    distiller = _distiller(teacher, student, ramp_steps=4, **ALL_TERMS)
+    batch = _batch(fused_per_cloud=30)
+    output = _student_output(student, batch)
+    torch.manual_seed(1)  # the affinity terms sample points and supervoxels: the same draws each call
+    full = distiller(batch, output)  # no step: fully on
+    for step, factor in [(0, 0.25), (2, 0.75), (3, 1.0), (100, 1.0)]:
+        torch.manual_seed(1)
+        ramped = distiller(batch, output, step=step)
+        for name, value in ramped.items():
+            assert value.item() == pytest.approx(factor * full[name].item(), rel=1e-5), (name, step)
+    with pytest.raises(ValueError, match="ramp_steps"):
+        DistillConfig(ramp_steps=-1)
+
+
 class PointwiseModel(nn.Module):
     """Each point's outputs depend on that point alone; voxels are 1 m cubes per cloud."""
 
