@@ -22,6 +22,9 @@ link the teacher and student runs of another output folder and change only the d
 
     nice -n 10 .venv/bin/python bench/kd_synthetic.py --out runs/kd_logit_only \
         --distill feature=0 instance_affinity=0 point_affinity=0 voxel_affinity=0
+
+``--teacher-steps`` gives the teacher a larger budget than the students (a stronger teacher; the
+students keep ``--steps``), e.g. ``--steps 600 --teacher-steps 2000``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/kd_synthetic"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=80, help="optimisation steps per model")
+    parser.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=None,
+        help="the teacher's steps (default: --steps): a teacher trained longer",
+    )
     parser.add_argument("--train-scans", type=int, default=40, help="scans per training sequence (00, 01)")
     parser.add_argument("--val-scans", type=int, default=20, help="scans of the validation sequence (08)")
     parser.add_argument("--grid", type=int, nargs=3, default=[48, 48, 8], help="rho, phi, z bins")
@@ -73,7 +82,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def bench_config(path: Path, args: argparse.Namespace, seed: int) -> TrainConfig:
+def bench_config(path: Path, args: argparse.Namespace, seed: int, steps: int) -> TrainConfig:
     """The YAML config with the bench's budget: grid, widths, steps, one validation at the end."""
     config = load_config(path)
     model = dataclasses.replace(config.model, grid_size=tuple(args.grid))
@@ -84,7 +93,7 @@ def bench_config(path: Path, args: argparse.Namespace, seed: int) -> TrainConfig
     distill = config.distill
     if distill is not None:
         distill = {**distill, **{key: yaml.safe_load(value) for key, value in map(_key_value, args.distill)}}
-    optim = dataclasses.replace(config.optim, warmup_steps=min(config.optim.warmup_steps, args.steps // 8))
+    optim = dataclasses.replace(config.optim, warmup_steps=min(config.optim.warmup_steps, steps // 8))
     return dataclasses.replace(
         config,
         model=model,
@@ -92,9 +101,9 @@ def bench_config(path: Path, args: argparse.Namespace, seed: int) -> TrainConfig
         optim=optim,
         distill=distill,
         epochs=10_000,  # max_steps is the budget
-        max_steps=args.steps,
-        val_every=args.steps,
-        checkpoint_every=args.steps,
+        max_steps=steps,
+        val_every=steps,
+        checkpoint_every=steps,
         seed=seed,
     )
 
@@ -156,8 +165,8 @@ def run(args: argparse.Namespace) -> dict:
     results: dict[str, dict[int, dict]] = {name: {} for name in (*MODELS, "teacher_fused_input")}
     for seed in args.seeds:
         runs = args.out / f"seed{seed}"
-        teacher_config = bench_config(TEACHER_CONFIG, args, seed)
-        student_config = bench_config(STUDENT_CONFIG, args, seed)
+        teacher_config = bench_config(TEACHER_CONFIG, args, seed, args.teacher_steps or args.steps)
+        student_config = bench_config(STUDENT_CONFIG, args, seed, args.steps)
         trained = {"teacher": train(teacher_config, data, runs / "teacher", "teacher", args.device)}
         trained["student"] = train(student_config, data, runs / "student", "student", args.device)
         trained["distilled"] = train(
