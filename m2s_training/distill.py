@@ -9,7 +9,8 @@ after each scan's own points. Terms (each weighted in the YAML, 0 disables it, l
   L2-normalised, squared distance (= 2 − 2·cosine) averaged over points (M2SKD feature level);
 - ``kd_logit_point`` / ``kd_logit_voxel``: KL(teacher ‖ student) of temperature-softened class
   distributions, × T², on the scan's points and on the student's voxels matched to the teacher's
-  voxels by coordinates (M2SKD logit level; PVKD point-/voxel-wise output distillation);
+  voxels by coordinates (M2SKD logit level; PVKD point-/voxel-wise output distillation); with
+  ``class_weighted_logits`` each point's KL is weighted by the task loss's class weight of its label;
 - ``kd_instance_affinity``: for every hard-class instance of the scan, the cosine-similarity matrix
   of its points' features (≤ K points sampled) in teacher vs student, mean squared difference
   (M2SKD instance-aware affinity; width-agnostic, so no adapter);
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2s_perception.checkpoint import load_model
-from m2s_perception.labels import LabelMap, load_label_map
+from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
 from m2s_perception.models import ModelConfig, ModelOutput, build_model
 from m2s_training.data.dataset import Batch
 
@@ -65,6 +66,9 @@ class DistillConfig:
     rare_class_power: float = 0.5  # supervoxel weight grows as (max class count / class count) ** power
     far_weight: float = 1.0  # … and as 1 + far_weight · distance / farthest distance
     ramp_steps: int = 0  # weights rise linearly from 0 over the first N steps: the student learns the task first
+    # Point KL weighted per point by the task loss's class weight of its label (unlabelled points: 1),
+    # so rare classes count in the soft targets as much as in the class-weighted cross-entropy.
+    class_weighted_logits: bool = False
 
     def __post_init__(self) -> None:
         self.feature_names = tuple(self.feature_names)
@@ -114,13 +118,18 @@ def feature_distillation(student: Tensor, teacher: Tensor) -> Tensor:
     return diff.pow(2).sum(dim=1).mean()
 
 
-def kl_distillation(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Mean over rows of KL(softmax(t/T) ‖ softmax(s/T)) · T² (Hinton's scaling keeps gradients comparable)."""
+def kl_distillation(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, row_weights: Tensor | None = None
+) -> Tensor:
+    """Mean over rows of KL(softmax(t/T) ‖ softmax(s/T)) · T² (Hinton's scaling keeps gradients comparable);
+    with ``row_weights`` the weighted mean Σ wᵢ·KLᵢ / Σ wᵢ."""
     if len(student_logits) == 0:
         return student_logits.sum() * 0.0
     log_student = F.log_softmax(student_logits / temperature, dim=1)
     log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)
+    if row_weights is not None:
+        return (kl * row_weights).sum() / row_weights.sum().clamp_min(1e-12) * temperature**2
     return kl.mean() * temperature**2
 
 
@@ -250,9 +259,12 @@ class Distiller(nn.Module):
         student_widths: dict[str, int],
         teacher_widths: dict[str, int],
         label_map: LabelMap | None = None,
+        class_weights: Tensor | None = None,
     ):
         super().__init__()
         self.config = config
+        if config.class_weighted_logits and class_weights is None:
+            raise ValueError("distill.class_weighted_logits needs the task loss's class weights")
         self.teacher = teacher.eval()
         for parameter in self.teacher.parameters():
             parameter.requires_grad_(False)
@@ -273,6 +285,10 @@ class Distiller(nn.Module):
         label_map = label_map or load_label_map()
         self.num_classes = label_map.num_classes
         self.register_buffer("hard_ids", torch.tensor(label_map.hard_class_ids(config.hard_classes)), persistent=False)
+        if class_weights is not None:
+            point_weights = class_weights.detach().clone().float()
+            point_weights[IGNORE_ID] = 1.0  # unlabelled points keep the teacher's knowledge at the mean weight
+            self.register_buffer("label_weights", point_weights, persistent=False)
 
     def _uses_affinity(self) -> bool:
         c = self.config
@@ -304,7 +320,10 @@ class Distiller(nn.Module):
                 for name in c.feature_names
             ) / max(len(c.feature_names), 1)
         if c.logit_point > 0:
-            terms["kd_logit_point"] = kl_distillation(output.point_logits, teacher_out.point_logits[own], c.temperature)
+            row_weights = self.label_weights[batch.labels[own]] if c.class_weighted_logits else None
+            terms["kd_logit_point"] = kl_distillation(
+                output.point_logits, teacher_out.point_logits[own], c.temperature, row_weights
+            )
         if c.logit_voxel > 0:
             student_rows, teacher_rows = match_voxels(output.voxel_coords, teacher_out.voxel_coords)
             terms["kd_logit_voxel"] = kl_distillation(
@@ -383,6 +402,7 @@ def build_distiller(
     teacher_ckpt: str | Path,
     student_config: ModelConfig,
     device: str | torch.device = "auto",
+    class_weights: Tensor | None = None,
 ) -> Distiller:
     """The trainer's ``extra_loss`` for ``m2s-train --mode distill --teacher CKPT``.
 
@@ -396,5 +416,11 @@ def build_distiller(
     check_same_grid(teacher_config, student_config)
     device = next(teacher.parameters()).device
     probe_student = build_model(student_config).to(device)
-    distiller = Distiller(teacher, config, feature_widths(probe_student, device), feature_widths(teacher, device))
+    distiller = Distiller(
+        teacher,
+        config,
+        feature_widths(probe_student, device),
+        feature_widths(teacher, device),
+        class_weights=class_weights,
+    )
     return distiller.to(device)

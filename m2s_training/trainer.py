@@ -386,7 +386,9 @@ class Trainer:
             return None
         from m2s_training.distill import build_distiller
 
-        return build_distiller(self.config.distill or {}, teacher, self.config.model, self.device).to(self.device)
+        return build_distiller(
+            self.config.distill or {}, teacher, self.config.model, self.device, class_weights=self.class_weights
+        ).to(self.device)
 
     # --- checkpoints ---
 

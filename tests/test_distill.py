@@ -63,6 +63,15 @@ def test_kl_distillation_hand_value_and_temperature_scaling():
     assert kl_distillation(teacher, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kl_distillation_row_weights_give_the_weighted_mean():
+    teacher = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])  # row 1: p = q, KL 0
+    student = torch.zeros(2, 2)
+    kl_row0 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert kl_distillation(student, teacher, 1.0).item() == pytest.approx(kl_row0 / 2, rel=1e-5)
+    weighted = kl_distillation(student, teacher, 1.0, torch.tensor([3.0, 1.0]))
+    assert weighted.item() == pytest.approx(3.0 * kl_row0 / 4.0, rel=1e-5)
+
+
 def test_match_voxels_pairs_equal_coordinates():
     teacher = torch.tensor([[0, 1, 2, 3], [1, 0, 0, 0], [0, 5, 5, 1], [0, 1, 2, 4]])
     student = torch.tensor([[0, 5, 5, 1], [1, 0, 0, 0], [0, 9, 9, 9], [0, 1, 2, 3]])
@@ -212,6 +221,42 @@ def test_ramp_scales_every_term_linearly_over_the_first_steps():
             assert value.item() == pytest.approx(factor * full[name].item(), rel=1e-5), (name, step)
     with pytest.raises(ValueError, match="ramp_steps"):
         DistillConfig(ramp_steps=-1)
+
+
+def test_class_weighted_point_logits_weigh_each_point_by_its_label():
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(**TINY)).eval()
+    student = build_model(ModelConfig(width=0.5, **TINY)).eval()
+    batch = _batch(fused_per_cloud=30)
+    output = _student_output(student, batch)
+    class_weights = torch.rand(20) + 0.5
+    logits_only = dict(feature=0.0, logit_voxel=0.0, instance_affinity=0.0)
+    config = DistillConfig(class_weighted_logits=True, **logits_only)
+    distiller = Distiller(
+        teacher, config, feature_widths(student, "cpu"), feature_widths(teacher, "cpu"), class_weights=class_weights
+    )
+    own = ~batch.is_fused
+    with torch.no_grad():
+        teacher_logits = teacher(batch.points, batch.batch_index, batch.batch_size).point_logits[own]
+    labels = batch.labels[own]
+    weights = torch.where(labels == 0, torch.tensor(1.0), class_weights[labels])
+    expected = kl_distillation(output.point_logits, teacher_logits, config.temperature, weights)
+    unweighted = kl_distillation(output.point_logits, teacher_logits, config.temperature)
+    got = distiller(batch, output)["kd_logit_point"]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert got.item() != pytest.approx(unweighted.item(), rel=1e-6)
+    # weight 0 on road: the term is the plain mean over the other points
+    class_weights = torch.ones(20)
+    class_weights[ROAD] = 0.0
+    distiller = Distiller(
+        teacher, config, feature_widths(student, "cpu"), feature_widths(teacher, "cpu"), class_weights=class_weights
+    )
+    not_road = labels != ROAD
+    assert 0 < int(not_road.sum()) < len(labels)
+    expected = kl_distillation(output.point_logits[not_road], teacher_logits[not_road], config.temperature)
+    assert distiller(batch, output)["kd_logit_point"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="class weights"):
+        Distiller(teacher, config, feature_widths(student, "cpu"), feature_widths(teacher, "cpu"))
 
 
 class PointwiseModel(nn.Module):
