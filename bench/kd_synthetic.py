@@ -24,7 +24,9 @@ link the teacher and student runs of another output folder and change only the d
         --distill feature=0 instance_affinity=0 point_affinity=0 voxel_affinity=0
 
 ``--teacher-steps`` gives the teacher a larger budget than the students (a stronger teacher; the
-students keep ``--steps``), e.g. ``--steps 600 --teacher-steps 2000``.
+students keep ``--steps``), e.g. ``--steps 600 --teacher-steps 2000``. ``--student-width 1`` gives the
+students the teacher's width, as in M2SKD, where only the input differs: multi-to-single transfer
+without compression.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--val-scans", type=int, default=20, help="scans of the validation sequence (08)")
     parser.add_argument("--grid", type=int, nargs=3, default=[48, 48, 8], help="rho, phi, z bins")
     parser.add_argument("--full-width", action="store_true", help="keep the configs' channel widths")
+    parser.add_argument(
+        "--student-width", type=float, default=None, help="the students' width factor (default: the config's 0.5)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--distill",
@@ -82,10 +87,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def bench_config(path: Path, args: argparse.Namespace, seed: int, steps: int) -> TrainConfig:
+def bench_config(
+    path: Path, args: argparse.Namespace, seed: int, steps: int, width: float | None = None
+) -> TrainConfig:
     """The YAML config with the bench's budget: grid, widths, steps, one validation at the end."""
     config = load_config(path)
     model = dataclasses.replace(config.model, grid_size=tuple(args.grid))
+    if width is not None:
+        model = dataclasses.replace(model, width=width)
     if not args.full_width:
         model = dataclasses.replace(model, point_channels=(32, 64), base_channels=16, levels=3)
     # The trainer's own end-of-run validation only feeds its log; the bench scores every scan itself.
@@ -166,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
     for seed in args.seeds:
         runs = args.out / f"seed{seed}"
         teacher_config = bench_config(TEACHER_CONFIG, args, seed, args.teacher_steps or args.steps)
-        student_config = bench_config(STUDENT_CONFIG, args, seed, args.steps)
+        student_config = bench_config(STUDENT_CONFIG, args, seed, args.steps, args.student_width)
         trained = {"teacher": train(teacher_config, data, runs / "teacher", "teacher", args.device)}
         trained["student"] = train(student_config, data, runs / "student", "student", args.device)
         trained["distilled"] = train(
