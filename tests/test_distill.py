@@ -377,6 +377,8 @@ def test_teacher_then_distill_through_the_trainer_on_synthetic_data(tmp_path):
         shrink("distill_polar_synthetic.yaml"), tmp_path / "data", tmp_path / "student", "distill", teacher_ckpt, "cpu"
     )
     assert trainer.train_set[5].is_fused.any()  # the teacher's input carries the previous scans' instances
+    assert trainer.extra_loss.config.class_weighted_logits  # the config's choice, with the task loss's weights
+    torch.testing.assert_close(trainer.extra_loss.label_weights[1:].cpu(), trainer.class_weights[1:])
     trainer.fit()
     with open(tmp_path / "student" / "log.csv", encoding="utf-8") as f:
         logged = {row["name"] for row in csv.DictReader(f) if row["split"] == "train"}
