@@ -26,7 +26,8 @@ link the teacher and student runs of another output folder and change only the d
 ``--teacher-steps`` gives the teacher a larger budget than the students (a stronger teacher; the
 students keep ``--steps``), e.g. ``--steps 600 --teacher-steps 2000``. ``--student-width 1`` gives the
 students the teacher's width, as in M2SKD, where only the input differs: multi-to-single transfer
-without compression.
+without compression. ``--fused-weight W`` weighs the fused points' labels in the teacher's
+cross-entropy (0: input only).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--full-width", action="store_true", help="keep the configs' channel widths")
     parser.add_argument(
         "--student-width", type=float, default=None, help="the students' width factor (default: the config's 0.5)"
+    )
+    parser.add_argument(
+        "--fused-weight", type=float, default=None, help="the teacher's loss.fused_weight (default: the config's)"
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
@@ -175,6 +179,9 @@ def run(args: argparse.Namespace) -> dict:
     for seed in args.seeds:
         runs = args.out / f"seed{seed}"
         teacher_config = bench_config(TEACHER_CONFIG, args, seed, args.teacher_steps or args.steps)
+        if args.fused_weight is not None:
+            loss = dataclasses.replace(teacher_config.loss, fused_weight=args.fused_weight)
+            teacher_config = dataclasses.replace(teacher_config, loss=loss)
         student_config = bench_config(STUDENT_CONFIG, args, seed, args.steps, args.student_width)
         trained = {"teacher": train(teacher_config, data, runs / "teacher", "teacher", args.device)}
         trained["student"] = train(student_config, data, runs / "student", "student", args.device)

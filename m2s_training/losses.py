@@ -21,6 +21,13 @@ class LossConfig:
     ce_weight: float = 1.0
     lovasz_weight: float = 1.0
     class_weight_power: float = 0.5  # weights ∝ frequency^-power: 0.5 = inverse square root, 0 = uniform
+    # Teacher runs: weight of the fused (neighbour-scan) points' labels in the cross-entropy, relative to
+    # the scan's own points; 0 makes them input only (also left out of Lovász).
+    fused_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.fused_weight < 0:
+            raise ValueError(f"loss.fused_weight must be >= 0, got {self.fused_weight}")
 
 
 def class_weights_from_counts(counts: np.ndarray, power: float = 0.5) -> torch.Tensor:
@@ -81,12 +88,27 @@ class SegmentationLoss(nn.Module):
         self.config = config or LossConfig()
         self.register_buffer("class_weights", class_weights.float())
 
-    def forward(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def forward(self, logits: Tensor, labels: Tensor, is_fused: Tensor | None = None) -> dict[str, Tensor]:
+        """``is_fused``: which points came from neighbouring scans (weighted by ``config.fused_weight``)."""
         logits = logits.float()  # losses in fp32 also under autocast
         labels = labels.long()
+        fused_weight = self.config.fused_weight
+        if is_fused is None or fused_weight == 1.0 or not bool(is_fused.any()):
+            is_fused = None
+        elif fused_weight == 0.0:
+            labels, is_fused = labels.masked_fill(is_fused, IGNORE_ID), None
         if not bool((labels != IGNORE_ID).any()):
             zero = logits.sum() * 0.0  # keeps the graph connected (DDP needs every rank to backprop)
             return {"ce": zero, "lovasz": zero}
-        ce = F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=IGNORE_ID)
+        ce = self._cross_entropy(logits, labels, is_fused)
         lovasz = lovasz_softmax(F.softmax(logits, dim=1), labels)
         return {"ce": self.config.ce_weight * ce, "lovasz": self.config.lovasz_weight * lovasz}
+
+    def _cross_entropy(self, logits: Tensor, labels: Tensor, is_fused: Tensor | None) -> Tensor:
+        if is_fused is None:
+            return F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=IGNORE_ID)
+        # F.cross_entropy's class-weighted mean, with fused points' weights scaled
+        per_point = F.cross_entropy(logits, labels, ignore_index=IGNORE_ID, reduction="none")
+        weights = self.class_weights[labels] * (labels != IGNORE_ID)
+        weights = torch.where(is_fused, weights * self.config.fused_weight, weights)
+        return (per_point * weights).sum() / weights.sum().clamp_min(1e-12)

@@ -448,7 +448,7 @@ class Trainer:
         seen = batch.student_view() if self.mode == "distill" else batch
         with self._autocast():
             output = self.ddp_model(seen.points, seen.batch_index, seen.batch_size)
-            terms = self.criterion(output.point_logits, seen.labels)
+            terms = self.criterion(output.point_logits, seen.labels, seen.is_fused)
             if self.extra_loss is not None:
                 extra = self.extra_loss(batch, output, step=self.step)
                 clash = set(extra) & set(terms)

@@ -64,6 +64,28 @@ def test_weighted_ce_matches_formula_and_config_weights():
     assert terms["lovasz"].item() == 0.0
 
 
+def test_fused_points_weight_in_the_cross_entropy_by_hand():
+    logits = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    labels = torch.tensor([1, 2, 1])
+    is_fused = torch.tensor([False, False, True])
+    weights = torch.tensor([0.0, 1.0, 3.0])
+    nll = -F.log_softmax(logits, dim=1)[[0, 1, 2], [1, 2, 1]]
+    ce_only = dict(lovasz_weight=0.0)
+
+    def ce(fused_weight: float) -> float:
+        loss = SegmentationLoss(weights, LossConfig(fused_weight=fused_weight, **ce_only))
+        return loss(logits, labels, is_fused)["ce"].item()
+
+    all_points = (nll[0] + 3.0 * nll[1] + nll[2]) / 5.0
+    assert ce(1.0) == pytest.approx(all_points.item())
+    assert ce(0.5) == pytest.approx(((nll[0] + 3.0 * nll[1] + 0.5 * nll[2]) / 4.5).item())
+    own_only = SegmentationLoss(weights)(logits[:2], labels[:2])
+    for name, value in SegmentationLoss(weights, LossConfig(fused_weight=0.0))(logits, labels, is_fused).items():
+        assert value.item() == pytest.approx(own_only[name].item()), name  # input only: Lovász too
+    with pytest.raises(ValueError, match="fused_weight"):
+        LossConfig(fused_weight=-1.0)
+
+
 def test_class_weights_inverse_sqrt_frequency():
     weights = class_weights_from_counts(np.array([100, 400, 100, 0]), power=0.5).numpy()
     # frequencies of the labelled classes: 0.8, 0.2 → 1/sqrt: 1.118, 2.236 → mean-1 normalised: 2/3, 4/3
