@@ -22,7 +22,8 @@ class LossConfig:
     lovasz_weight: float = 1.0
     class_weight_power: float = 0.5  # weights ∝ frequency^-power: 0.5 = inverse square root, 0 = uniform
     # Teacher runs: weight of the fused (neighbour-scan) points' labels in the cross-entropy, relative to
-    # the scan's own points; 0 makes them input only (also left out of Lovász).
+    # the scan's own points. Lovász-softmax, an IoU surrogate over the whole set, has no per-point
+    # weights: it keeps fused points unless the weight is 0, which makes them input only.
     fused_weight: float = 1.0
 
     def __post_init__(self) -> None:
