@@ -2,7 +2,8 @@
 
 - ``student``: single scans; task loss (weighted CE + Lovász) on every labelled point.
 - ``teacher``: the dataset appends M2SKD fused hard-class points (``fusion:`` in the YAML); the
-  teacher learns on them too, validation scores the scan's own points only.
+  teacher learns on them too, their labels weighted by ``loss.fused_weight``; validation scores the
+  scan's own points only.
 - ``distill``: the model (the student) sees ``batch.student_view()``; an ``extra_loss`` module
   built by ``m2s_training.distill.build_distiller`` receives the full batch (fused points included,
   for the teacher), the student's output and the step, and returns named, weighted loss terms.
