@@ -30,7 +30,9 @@ setup(
             "ros-kilted-rosgraph-msgs",
             "ros-kilted-rmw-fastrtps-cpp",
         ],
-        "synth": ["open3d-cpu>=0.18"],  # ray casting for m2s-synth (open3d works too)
+        # ray casting for m2s-synth (open3d works too); libusb-package: open3d links libusb, which a
+        # fresh machine may lack (see m2s_training/synth/o3d.py)
+        "synth": ["open3d-cpu>=0.18", "libusb-package>=1.0.26"],
         "spconv": ["spconv>=2.3"],  # Cylinder3D backbone; on CUDA 12 install spconv-cu12x instead
         "dev": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"],
     },

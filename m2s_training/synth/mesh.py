@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import numpy as np
-import open3d as o3d
 
 from m2s_perception.labels import load_label_map
+from m2s_training.synth.o3d import open3d as o3d
 
 # Classes that are countable objects and get an instance id; the rest (road, building, ...) get 0.
 THING_CLASSES = frozenset(

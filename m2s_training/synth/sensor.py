@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import open3d as o3d
 
 from m2s_training.synth.mesh import LabelledMesh
+from m2s_training.synth.o3d import open3d as o3d
 
 
 @dataclass(frozen=True)
