@@ -75,6 +75,7 @@ class CloudClient:
         self.output_order: list[tuple[int, int]] = []
         self.node.create_subscription(PointCloud2, output_topic, self._on_output, reliable)
         self.diagnostics: dict[str, dict[str, str]] = {}
+        self.levels: dict[str, tuple[int, str]] = {}  # status name -> (level, message) of the latest report
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def _on_output(self, msg: PointCloud2) -> None:
@@ -85,6 +86,8 @@ class CloudClient:
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+            level = status.level  # a byte field: bytes in rclpy
+            self.levels[status.name] = (level[0] if isinstance(level, bytes) else int(level), status.message)
 
     def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout

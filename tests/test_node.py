@@ -15,17 +15,13 @@ import yaml
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
+from m2s_perception import node_params
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
 from m2s_perception.models import ModelConfig, build_model
-from m2s_perception.node import (
-    LabelSettings,
-    LatestScanSlot,
-    ScanLabeller,
-    ScanRejected,
-    intensity_problem,
-    resolve_checkpoint,
-)
+from m2s_perception.node import resolve_checkpoint
+from m2s_perception.node_health import LatestScanSlot
+from m2s_perception.pipeline import LabelSettings, ScanLabeller, ScanRejected, intensity_problem
 from m2s_perception.pointcloud2 import FLOAT32, FLOAT64, UINT16, decode_cloud, make_cloud, read_fields
 from m2s_training.checkpoint import save_checkpoint
 from tests.clouds import FieldSpec, ros_cloud
@@ -201,7 +197,8 @@ def node_parameters(checkpoint: Path, name: str, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def running_node(checkpoint, tmp_dir):
     name = "m2s_segment_test"
-    node = SegmentProcess(tmp_dir, name, node_parameters(checkpoint, name))
+    # Every warning logged (no throttle): the malformed-message test looks for each problem's text.
+    node = SegmentProcess(tmp_dir, name, node_parameters(checkpoint, name, warning_period_s=0.0))
     client = CloudClient(f"/{name}/points", f"/{name}/labelled")
     try:
         client.wait_for_node(node)
@@ -339,6 +336,7 @@ def test_stale_scans_are_dropped_not_queued(checkpoint, tmp_dir):
     [
         ({"checkpoint": "/nonexistent/model.pt"}, "checkpoint not found: /nonexistent/model.pt"),
         ({"label_format": "names"}, "label_format='names'; expected one of train, raw"),
+        ({"chekpoint": "/tmp/model.pt"}, "unknown parameter 'chekpoint' (did you mean 'checkpoint'?)"),
     ],
 )
 def test_node_refuses_to_start_with_a_clear_error(checkpoint, tmp_dir, override, message):
@@ -362,15 +360,37 @@ def test_console_script_is_declared():
 # --- launch file and config files ---------------------------------------------------------------
 
 
-def test_params_file_declares_known_parameters():
-    doc = yaml.safe_load((REPO / "config/segment.yaml").read_text())
-    params = doc["/**"]["ros__parameters"]
-    assert params["input_topic"] == "/velodyne_points"
-    assert params["output_topic"] == "/m2s/labelled_points"
-    assert params["input_reliability"] == "best_effort" and params["input_depth"] == 1
-    node_source = (REPO / "m2s_perception/node.py").read_text()
-    for name in params:
-        assert f'"{name}"' in node_source, f"{name} in segment.yaml is not declared by the node"
+def test_params_file_matches_the_parameter_table():
+    """config/segment.yaml lists exactly the node's parameters, each with the table's default and type."""
+    params = yaml.safe_load((REPO / "config/segment.yaml").read_text())["/**"]["ros__parameters"]
+    table = node_params.defaults()
+    assert list(params) == list(table)
+    for name, value in params.items():
+        assert value == table[name] and type(value) is type(table[name]), (name, value, table[name])
+    assert node_params.validate(params, load_label_map().class_names) == []
+    assert params["input_reliability"] == "best_effort" and params["input_depth"] == 1  # sensor-data QoS
+
+
+def test_parameter_table_validation():
+    ok = node_params.defaults()
+    classes = load_label_map().class_names
+    assert node_params.validate({**ok, "filtered_classes": ["road", "terrain"]}, classes) == []
+    assert node_params.validate({**ok, "max_points": 0}) == ["parameter max_points=0; expected 1..1e+08"]
+    assert node_params.validate({**ok, "intensity_scale": 255}) == []  # an int where a float is declared
+    assert node_params.validate({**ok, "label_format": "names"}) == [
+        "parameter label_format='names'; expected one of train, raw"
+    ]
+    assert node_params.validate({**ok, "min_range": 5.0, "max_range": 5.0}) == [
+        "min_range 5.0 must be below max_range 5.0"
+    ]
+    assert node_params.validate({**ok, "filtered_classes": ["road", "lava"]}, classes)[0].startswith(
+        "filtered_classes: unknown class(es) 'lava'"
+    )
+    assert node_params.validate({**ok, "publish_confidence": 1}) == ["parameter publish_confidence=1; expected a bool"]
+    assert node_params.unknown_parameters(["chekpoint", "use_sim_time", "zzz"], ["use_sim_time"]) == [
+        "unknown parameter 'chekpoint' (did you mean 'checkpoint'?)",
+        "unknown parameter 'zzz'",
+    ]
 
 
 def test_launch_file_declares_its_arguments():
@@ -400,3 +420,102 @@ def test_rviz_config_shows_both_clouds_best_effort():
     labelled = topics["/m2s/labelled_points"]
     assert labelled["Color Transformer"] == "RGB8"
     assert all(d["Topic"]["Reliability Policy"] == "Best Effort" for d in topics.values())
+
+
+@pytest.mark.ros
+def test_node_refuses_a_checkpoint_with_other_classes(tmp_dir):
+    path = tmp_dir / "seven_classes.pt"
+    config = ModelConfig(**{**SMALL_POLAR.to_dict(), "num_classes": 7})
+    save_checkpoint(path, build_model(config), config)
+    name = "m2s_segment_bad_classes"
+    node = SegmentProcess(tmp_dir, name, node_parameters(path, name))
+    try:
+        assert node.process.wait(60) == 1, node.log()
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the node did not exit; log:\n{node.log()}")
+    finally:
+        node.stop(signal.SIGKILL)
+    assert "the model predicts 7 classes but the label map has 20" in node.log()
+    assert "Traceback" not in node.log()
+
+
+@pytest.mark.ros
+def test_warnings_are_throttled_per_problem_kind_not_per_text(checkpoint, tmp_dir):
+    """Senders control frame ids and field names: varying them must not multiply warnings."""
+    name = "m2s_segment_throttle"
+    node = SegmentProcess(tmp_dir, name, node_parameters(checkpoint, name))
+    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
+    try:
+        client.wait_for_node(node)
+        status = f"{name}: segmentation"
+        for k in range(6):
+            msg = kitti_f32(lidar_points(100, seed=k), sec=500 + k)
+            msg.header.frame_id = f"frame_{k}_" + "x" * k
+            msg.fields[2].name = f"zz{k}"  # 'z' missing, each time with another field list
+            client.publisher.publish(msg)
+            assert client.wait_until(
+                lambda k=k: int(client.diagnostics.get(status, {}).get("scans_rejected", 0)) == k + 1, 10
+            ), node.log()
+        warnings = [line for line in node.log().splitlines() if "missing field(s) 'z'" in line]
+        assert len(warnings) == 1, "\n".join(warnings)
+    finally:
+        client.close()
+        node.stop(signal.SIGTERM)
+
+
+@pytest.mark.ros
+def test_worker_survives_internal_errors_and_reports_them(checkpoint):
+    """A failure inside the node (model, publish, bookkeeping) is an ERROR, counted; the worker keeps serving."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from m2s_perception.node import SegmentNode
+
+    name = "m2s_segment_faults"
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [Parameter(key, value=value) for key, value in node_parameters(checkpoint, name).items()]
+    node = SegmentNode(context=context, parameter_overrides=overrides, cli_args=["--ros-args", "-r", f"__node:={name}"])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
+    failures = {"label": 1, "publish": 1}
+    real_label, real_publish = node.labeller.label, node.output_pub.publish
+
+    def failing_label(*args, **kwargs):
+        if failures["label"]:
+            failures["label"] -= 1
+            raise RuntimeError("injected model failure")
+        return real_label(*args, **kwargs)
+
+    def failing_publish(msg):
+        if failures["publish"]:
+            failures["publish"] -= 1
+            raise RuntimeError("injected publish failure")
+        real_publish(msg)
+
+    node.labeller.label = failing_label
+    node.output_pub.publish = failing_publish
+    status = f"{name}: segmentation"
+    try:
+        assert client.wait_until(lambda: client.publisher.get_subscription_count() > 0, 30)
+        for sec in (600, 601):  # the first fails in the model, the second in publish
+            client.publisher.publish(kitti_f32(lidar_points(200, seed=sec), sec=sec))
+            assert client.wait_until(
+                lambda sec=sec: int(client.diagnostics.get(status, {}).get("internal_errors", 0)) == sec - 599, 10
+            ), client.diagnostics.get(status)
+        level, message = client.levels[status]
+        assert level == 2 and "internal error" in message, (level, message)
+        out = client.request(kitti_f32(lidar_points(300, seed=7), sec=602))  # still serving
+        assert out.width == 300
+        assert node._worker.is_alive()
+        assert int(client.diagnostics[status]["scans_rejected"]) == 0  # not blamed on the input
+    finally:
+        client.close()
+        node.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
