@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import rclpy
@@ -34,12 +34,16 @@ def segment_command() -> list[str]:
 class SegmentProcess:
     """``m2s-segment --ros-args --params-file <tmp yaml> -r __node:=<name>`` with its log in a file."""
 
-    def __init__(self, tmp_dir: Path, name: str, parameters: dict):
+    def __init__(
+        self, tmp_dir: Path, name: str, parameters: dict, ros_args: Sequence[str] = (), command: Sequence[str] = ()
+    ):
+        """``ros_args``: more ``--ros-args`` (``-r a:=b``, ``-p k:=v``); ``command``: instead of m2s-segment."""
         self.name = name
         params_file = tmp_dir / f"{name}.yaml"
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": parameters}}))
         self.log_path = tmp_dir / f"{name}.log"
-        command = [*segment_command(), "--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
+        command = [*(command or segment_command()), "--ros-args", "--params-file", str(params_file)]
+        command += ["-r", f"__node:={name}", *ros_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

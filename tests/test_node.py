@@ -1,10 +1,8 @@
-"""The segmentation node: unit parts, then the real node process over loopback DDS, then launch/config files."""
+"""The segmentation node's ROS-free parts: pipeline, parameter table, launch and config files."""
 
 from __future__ import annotations
 
 import ast
-import signal
-import subprocess
 import threading
 from pathlib import Path
 
@@ -13,23 +11,23 @@ import pytest
 import torch
 import yaml
 from sensor_msgs.msg import PointCloud2, PointField
-from std_msgs.msg import Header
 
 from m2s_perception import node_params
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
-from m2s_perception.models import ModelConfig, build_model
+from m2s_perception.models import build_model
 from m2s_perception.node import resolve_checkpoint
 from m2s_perception.node_health import LatestScanSlot
 from m2s_perception.pipeline import LabelSettings, ScanLabeller, ScanRejected, intensity_problem
-from m2s_perception.pointcloud2 import FLOAT32, FLOAT64, UINT16, decode_cloud, make_cloud, read_fields
+from m2s_perception.pointcloud2 import decode_cloud, make_cloud, read_fields
 from m2s_training.checkpoint import save_checkpoint
-from tests.clouds import FieldSpec, ros_cloud
-from tests.segment_process import REPO, CloudClient, SegmentProcess, segment_command
-
-SMALL_POLAR = ModelConfig(width=0.5, grid_size=(32, 24, 8), rho_range=(2.0, 34.0), z_range=(-3.0, 1.0), levels=3)
-INTENSITY_SCALE = 255.0
-MAX_RANGE = 40.0
+from tests.node_clouds import (
+    SMALL_POLAR,
+    header,
+    lidar_points,
+    ouster_like,
+)
+from tests.segment_process import REPO, segment_command
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +41,6 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def segmenter(checkpoint) -> Segmenter:
     return Segmenter.from_checkpoint(checkpoint, device="cpu")
-
-
-def lidar_points(n: int, seed: int) -> np.ndarray:
-    """x, y, z, intensity (0..255) on a ring 3..50 m: some points beyond MAX_RANGE."""
-    rng = np.random.default_rng(seed)
-    rho, phi = rng.uniform(3, 50, n), rng.uniform(-np.pi, np.pi, n)
-    z = rng.uniform(-2.5, 0.5, n)
-    return np.stack([rho * np.cos(phi), rho * np.sin(phi), z, rng.uniform(0, 255, n)], 1).astype(np.float32)
-
-
-def header(sec: int, frame_id: str = "lidar") -> Header:
-    h = Header(frame_id=frame_id)
-    h.stamp.sec, h.stamp.nanosec = sec, 1000 + sec
-    return h
-
-
-# --- unit parts, no DDS -------------------------------------------------------------------------
 
 
 def test_latest_scan_slot_keeps_only_the_newest():
@@ -133,231 +114,51 @@ def test_labeller_rejects_bad_scans(segmenter):
         labeller.label(all_nan, LabelSettings(max_points=3))
 
 
-# --- the node process over loopback DDS --------------------------------------------------------
-
-
-def kitti_f32(points: np.ndarray, sec: int) -> PointCloud2:
-    specs = [FieldSpec(n, 4 * k, FLOAT32) for k, n in enumerate(("x", "y", "z", "intensity"))]
-    values = {s.name: points[:, k] for k, s in enumerate(specs)}
-    return ros_cloud(PointCloud2, PointField, header(sec, "velodyne"), specs, values, point_step=16)
-
-
-def float64_padded(points: np.ndarray, sec: int) -> PointCloud2:
-    specs = [FieldSpec("x", 0, FLOAT64), FieldSpec("y", 8, FLOAT64), FieldSpec("z", 16, FLOAT64)]
-    specs.append(FieldSpec("i", 40, FLOAT64))
-    values = {s.name: points[:, k].astype(np.float64) for k, s in enumerate(specs)}
-    return ros_cloud(PointCloud2, PointField, header(sec, "lidar_f64"), specs, values, point_step=56)
-
-
-def big_endian(points: np.ndarray, sec: int) -> PointCloud2:
-    specs = [FieldSpec(n, 4 * k, FLOAT32) for k, n in enumerate(("x", "y", "z"))]
-    specs.append(FieldSpec("intensity", 12, UINT16))
-    values = {s.name: points[:, k] for k, s in enumerate(specs[:3])}
-    values["intensity"] = points[:, 3].astype(np.uint16)
-    msg = ros_cloud(PointCloud2, PointField, header(sec, "be"), specs, values, point_step=16, big_endian=True)
-    return msg
-
-
-def ouster_like(points: np.ndarray, sec: int, rows: int = 16) -> PointCloud2:
-    """Organised rows × cols, point_step 48, uint16 reflectivity, ring, row padding, NaN returns."""
-    specs = [FieldSpec(n, 4 * k, FLOAT32) for k, n in enumerate(("x", "y", "z"))]
-    specs += [FieldSpec("t", 16, FLOAT32), FieldSpec("reflectivity", 20, UINT16), FieldSpec("ring", 22, UINT16)]
-    points = points.copy()
-    points[::7, :3] = np.nan  # no return
-    values = {n: points[:, k] for k, n in enumerate(("x", "y", "z"))}
-    values["t"] = np.zeros(len(points), np.float32)
-    values["reflectivity"] = points[:, 3].astype(np.uint16)
-    values["ring"] = np.repeat(np.arange(rows, dtype=np.uint16), len(points) // rows)
-    return ros_cloud(
-        PointCloud2, PointField, header(sec, "os_sensor"), specs, values, point_step=48, height=rows, row_padding=24
-    )
-
-
-@pytest.fixture(scope="module")
-def tmp_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("segment_node")
-
-
-def node_parameters(checkpoint: Path, name: str, **overrides) -> dict:
-    return {
-        "checkpoint": str(checkpoint),
-        "device": "cpu",
-        "input_topic": f"/{name}/points",
-        "output_topic": f"/{name}/labelled",
-        "input_reliability": "reliable",  # the test publishes each scan once
-        "intensity_scale": INTENSITY_SCALE,
-        "max_range": MAX_RANGE,
-        "max_points": 20_000,
-        "publish_confidence": True,
-        "stats_period_s": 0.3,
-        **overrides,
-    }
-
-
-@pytest.fixture(scope="module")
-def running_node(checkpoint, tmp_dir):
-    name = "m2s_segment_test"
-    # Every warning logged (no throttle): the malformed-message test looks for each problem's text.
-    node = SegmentProcess(tmp_dir, name, node_parameters(checkpoint, name, warning_period_s=0.0))
-    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
-    try:
-        client.wait_for_node(node)
-        yield node, client
-    finally:
-        client.close()
-        node.stop(signal.SIGTERM)
-
-
-def expected_labels(segmenter: Segmenter, msg: PointCloud2) -> tuple[np.ndarray, np.ndarray]:
-    cloud = decode_cloud(msg, INTENSITY_SCALE)
-    with np.errstate(invalid="ignore"):
-        selected = cloud.finite & (np.linalg.norm(cloud.points[:, :3], axis=1) <= MAX_RANGE)
-    labels = np.zeros(cloud.num_points, np.uint16)
-    confidence = np.zeros(cloud.num_points, np.float32)
-    prediction = segmenter.predict(cloud.points[selected])
-    labels[selected], confidence[selected] = prediction.labels, prediction.confidence
-    return labels, confidence
-
-
-@pytest.mark.ros
-@pytest.mark.parametrize(
-    ("make", "num_points"), [(kitti_f32, 2000), (float64_padded, 1500), (big_endian, 1000), (ouster_like, 1024)]
-)
-def test_node_labels_every_layout_like_direct_prediction(running_node, segmenter, make, num_points):
-    _node, client = running_node
-    points = lidar_points(num_points, seed=num_points)
-    msg = make(points, sec=num_points)
-    out = client.request(msg)
-
-    assert (out.header.frame_id, out.header.stamp.sec, out.header.stamp.nanosec) == (
-        msg.header.frame_id,
-        msg.header.stamp.sec,
-        msg.header.stamp.nanosec,
-    )
-    assert (out.height, out.width) == (msg.height, msg.width)
-    assert [f.name for f in out.fields] == ["x", "y", "z", "intensity", "rgb", "confidence", "label"]
-    labels, confidence = expected_labels(segmenter, msg)
-    got = read_fields(out, ("x", "label", "confidence"))
-    np.testing.assert_array_equal(got["label"].ravel(), labels)
-    np.testing.assert_allclose(got["confidence"].ravel(), confidence, atol=1e-5)
-    decoded = decode_cloud(msg).points
-    np.testing.assert_array_equal(got["x"].ravel(), decoded[:, 0])  # same points, same order (NaN included)
-    assert (labels == 0).any() and (labels > 0).any()  # out-of-range / NaN points present and labelled 0
-
-
-def _bad_messages() -> list[tuple[str, PointCloud2]]:
-    good = kitti_f32(lidar_points(100, seed=3), sec=0)
-    no_z = kitti_f32(lidar_points(100, seed=3), sec=0)
-    no_z.fields = [f for f in no_z.fields if f.name != "z"]
-    empty = kitti_f32(lidar_points(100, seed=3), sec=0)
-    empty.width, empty.row_step = 0, 0
-    empty.data = type(good.data)("B")
-    short = kitti_f32(lidar_points(100, seed=3), sec=0)
-    short.data = short.data[: len(short.data) // 2]
-    unknown = kitti_f32(lidar_points(100, seed=3), sec=0)
-    unknown.fields[1].datatype = 42
-    all_nan = kitti_f32(np.full((50, 4), np.nan, np.float32), sec=0)
-    huge = kitti_f32(lidar_points(30_000, seed=4), sec=0)
-    return [
-        ("missing field(s) 'z'", no_z),
-        ("cloud has no points", empty),
-        ("fewer than row_step * height", short),
-        ("unknown datatype 42", unknown),
-        ("all 50 points are NaN or infinite", all_nan),
-        ("more than max_points=20000", huge),
-    ]
-
-
-@pytest.mark.ros
-def test_node_survives_malformed_messages(running_node):
-    node, client = running_node
-    bad = _bad_messages()
-    status = f"{node.name}: segmentation"
-
-    def rejected() -> int:
-        return int(client.diagnostics.get(status, {}).get("scans_rejected", 0))
-
-    before = rejected()
-    for k, (_problem, msg) in enumerate(bad):
-        msg.header = header(100 + k)
-        client.publisher.publish(msg)  # one at a time: scans sent together would replace each other
-        assert client.wait_until(lambda k=k: rejected() == before + k + 1, 10), node.log()
-    out = client.request(kitti_f32(lidar_points(500, seed=5), sec=200))
-    assert out.width == 500
-    assert node.process.poll() is None
-    assert not any((100 + k, 1100 + k) in client.outputs for k in range(len(bad)))
-    log = node.log()
-    for problem, _msg in bad:
-        assert problem in log, f"no warning naming {problem!r}; log:\n{log}"
-    kinds = client.diagnostics[status]
-    counts = {kind: int(kinds[f"rejected_{kind}"]) for kind in ("bad_format", "empty", "no_finite_points", "too_large")}
-    assert counts == {"bad_format": 3, "empty": 1, "no_finite_points": 1, "too_large": 1}
-
-
-@pytest.mark.ros
-def test_node_stops_cleanly_on_sigterm(running_node):
-    node, client = running_node
-    client.request(kitti_f32(lidar_points(100, seed=6), sec=300))  # it is serving
-    assert node.stop(signal.SIGTERM) == 0, node.log()
-
-
-@pytest.mark.ros
-def test_stale_scans_are_dropped_not_queued(checkpoint, tmp_dir):
-    name = "m2s_segment_slow"
-    node = SegmentProcess(tmp_dir, name, node_parameters(checkpoint, name, debug_delay_s=0.5))
-    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
-    try:
-        client.wait_for_node(node)
-        burst = [kitti_f32(lidar_points(500, seed=s), sec=400 + s) for s in range(8)]
-        for msg in burst:
-            client.publisher.publish(msg)
-            client.wait_until(lambda: False, 0.05)
-        last = (burst[-1].header.stamp.sec, burst[-1].header.stamp.nanosec)
-        assert client.wait_until(lambda: last in client.outputs, 20), node.log()
-        status = f"{name}: segmentation"
-        assert client.wait_until(
-            lambda: client.diagnostics.get(status, {}).get("scans_processed") == str(len(client.outputs)), 5
+def test_labeller_keeps_every_input_field_when_asked(segmenter):
+    labeller = ScanLabeller(segmenter, load_label_map(), PointCloud2, PointField)
+    for big in (False, True):
+        msg = ouster_like(lidar_points(640, seed=11), sec=8, big=big)
+        plain = labeller.label(msg, LabelSettings(intensity_scale=255.0)).cloud
+        kept = labeller.label(msg, LabelSettings(intensity_scale=255.0, keep_input_fields=True)).cloud
+        assert [f.name for f in kept.fields] == ["x", "y", "z", "t", "reflectivity", "ring", "rgb", "label"]
+        assert (kept.height, kept.width, kept.is_bigendian) == (16, 40, big)
+        assert kept.point_step % 4 == 0 and kept.row_step == kept.point_step * 40
+        got, want = (
+            read_fields(kept, ("x", "ring", "reflectivity", "label")),
+            read_fields(msg, ("x", "ring", "reflectivity")),
         )
-        stats = client.diagnostics[status]
-        assert len(client.outputs) < len(burst)
-        assert int(stats["scans_received"]) == len(burst)
-        assert int(stats["scans_dropped"]) == len(burst) - len(client.outputs) > 0
-        assert client.output_order[-1] == last  # the newest scan is the one that survived
-        assert float(stats["total_ms_p50"]) >= 500.0
-        assert node.stop(signal.SIGINT) == 0, node.log()
-    finally:
-        client.close()
-        node.stop(signal.SIGTERM)
+        np.testing.assert_array_equal(got["x"], want["x"])  # NaN where the input has NaN
+        np.testing.assert_array_equal(got["ring"], want["ring"])
+        np.testing.assert_array_equal(got["reflectivity"], want["reflectivity"])
+        np.testing.assert_array_equal(got["label"], read_fields(plain, ("label",))["label"])
 
 
-@pytest.mark.ros
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ({"checkpoint": "/nonexistent/model.pt"}, "checkpoint not found: /nonexistent/model.pt"),
-        ({"label_format": "names"}, "label_format='names'; expected one of train, raw"),
-        ({"chekpoint": "/tmp/model.pt"}, "unknown parameter 'chekpoint' (did you mean 'checkpoint'?)"),
-    ],
-)
-def test_node_refuses_to_start_with_a_clear_error(checkpoint, tmp_dir, override, message):
-    name = f"m2s_segment_bad_{next(iter(override))}"
-    node = SegmentProcess(tmp_dir, name, {**node_parameters(checkpoint, name), **override})
-    try:
-        assert node.process.wait(60) == 1
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the node did not exit; log:\n{node.log()}")
-    finally:
-        node.stop(signal.SIGKILL)
-    assert message in node.log()
-    assert "Traceback" not in node.log()
+def test_filtered_cloud_is_the_input_layout_without_the_classes(segmenter):
+    label_map = load_label_map()
+    labeller = ScanLabeller(segmenter, label_map, PointCloud2, PointField)
+    msg = ouster_like(lidar_points(640, seed=12), sec=9)
+    labels = read_fields(labeller.label(msg, LabelSettings(intensity_scale=255.0)).cloud, ("label",))["label"].ravel()
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    removed = ids[np.argsort(counts)[-2:]]  # the two most frequent predicted classes
+    names = tuple(label_map.class_names[i] for i in removed)
+    settings = LabelSettings(intensity_scale=255.0, filtered_classes=names)
+    scan = labeller.label(msg, settings, labelled=False, filtered=True)
+    assert scan.cloud is None
+    out = scan.filtered
+    keep = ~np.isin(labels, removed)
+    assert 0 < keep.sum() < len(labels)
+    assert (out.height, out.width, out.point_step) == (1, int(keep.sum()), msg.point_step)
+    assert [(f.name, f.offset, f.datatype) for f in out.fields] == [(f.name, f.offset, f.datatype) for f in msg.fields]
+    got = read_fields(out, ("x", "ring", "t")).ravel()
+    want = read_fields(msg, ("x", "ring", "t")).ravel()[keep]
+    np.testing.assert_array_equal(got["x"], want["x"])
+    np.testing.assert_array_equal(got["ring"], want["ring"])
+    assert (labels[keep] == 0).any()  # unlabeled (NaN) points stay unless 'unlabeled' is filtered
 
 
 def test_console_script_is_declared():
     assert "m2s-segment = m2s_perception.node:main" in (REPO / "setup.py").read_text()
     assert segment_command()
-
-
-# --- launch file and config files ---------------------------------------------------------------
 
 
 def test_params_file_matches_the_parameter_table():
@@ -420,102 +221,3 @@ def test_rviz_config_shows_both_clouds_best_effort():
     labelled = topics["/m2s/labelled_points"]
     assert labelled["Color Transformer"] == "RGB8"
     assert all(d["Topic"]["Reliability Policy"] == "Best Effort" for d in topics.values())
-
-
-@pytest.mark.ros
-def test_node_refuses_a_checkpoint_with_other_classes(tmp_dir):
-    path = tmp_dir / "seven_classes.pt"
-    config = ModelConfig(**{**SMALL_POLAR.to_dict(), "num_classes": 7})
-    save_checkpoint(path, build_model(config), config)
-    name = "m2s_segment_bad_classes"
-    node = SegmentProcess(tmp_dir, name, node_parameters(path, name))
-    try:
-        assert node.process.wait(60) == 1, node.log()
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the node did not exit; log:\n{node.log()}")
-    finally:
-        node.stop(signal.SIGKILL)
-    assert "the model predicts 7 classes but the label map has 20" in node.log()
-    assert "Traceback" not in node.log()
-
-
-@pytest.mark.ros
-def test_warnings_are_throttled_per_problem_kind_not_per_text(checkpoint, tmp_dir):
-    """Senders control frame ids and field names: varying them must not multiply warnings."""
-    name = "m2s_segment_throttle"
-    node = SegmentProcess(tmp_dir, name, node_parameters(checkpoint, name))
-    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
-    try:
-        client.wait_for_node(node)
-        status = f"{name}: segmentation"
-        for k in range(6):
-            msg = kitti_f32(lidar_points(100, seed=k), sec=500 + k)
-            msg.header.frame_id = f"frame_{k}_" + "x" * k
-            msg.fields[2].name = f"zz{k}"  # 'z' missing, each time with another field list
-            client.publisher.publish(msg)
-            assert client.wait_until(
-                lambda k=k: int(client.diagnostics.get(status, {}).get("scans_rejected", 0)) == k + 1, 10
-            ), node.log()
-        warnings = [line for line in node.log().splitlines() if "missing field(s) 'z'" in line]
-        assert len(warnings) == 1, "\n".join(warnings)
-    finally:
-        client.close()
-        node.stop(signal.SIGTERM)
-
-
-@pytest.mark.ros
-def test_worker_survives_internal_errors_and_reports_them(checkpoint):
-    """A failure inside the node (model, publish, bookkeeping) is an ERROR, counted; the worker keeps serving."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-
-    from m2s_perception.node import SegmentNode
-
-    name = "m2s_segment_faults"
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    overrides = [Parameter(key, value=value) for key, value in node_parameters(checkpoint, name).items()]
-    node = SegmentNode(context=context, parameter_overrides=overrides, cli_args=["--ros-args", "-r", f"__node:={name}"])
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
-    failures = {"label": 1, "publish": 1}
-    real_label, real_publish = node.labeller.label, node.output_pub.publish
-
-    def failing_label(*args, **kwargs):
-        if failures["label"]:
-            failures["label"] -= 1
-            raise RuntimeError("injected model failure")
-        return real_label(*args, **kwargs)
-
-    def failing_publish(msg):
-        if failures["publish"]:
-            failures["publish"] -= 1
-            raise RuntimeError("injected publish failure")
-        real_publish(msg)
-
-    node.labeller.label = failing_label
-    node.output_pub.publish = failing_publish
-    status = f"{name}: segmentation"
-    try:
-        assert client.wait_until(lambda: client.publisher.get_subscription_count() > 0, 30)
-        for sec in (600, 601):  # the first fails in the model, the second in publish
-            client.publisher.publish(kitti_f32(lidar_points(200, seed=sec), sec=sec))
-            assert client.wait_until(
-                lambda sec=sec: int(client.diagnostics.get(status, {}).get("internal_errors", 0)) == sec - 599, 10
-            ), client.diagnostics.get(status)
-        level, message = client.levels[status]
-        assert level == 2 and "internal error" in message, (level, message)
-        out = client.request(kitti_f32(lidar_points(300, seed=7), sec=602))  # still serving
-        assert out.width == 300
-        assert node._worker.is_alive()
-        assert int(client.diagnostics[status]["scans_rejected"]) == 0  # not blamed on the input
-    finally:
-        client.close()
-        node.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
