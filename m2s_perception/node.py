@@ -81,7 +81,7 @@ class SegmentNode(Node):
         self.throttle = WarningThrottle(PROBLEM_KINDS, self._param("warning_period_s"))
         thresholds = Thresholds(*(self._param(k) for k in ("max_processing_ms", "max_delay_ms", "input_timeout_s")))
         self.health = HealthReport(self.stats, self.slot, thresholds)
-        self._last_log = (0.0, "")
+        self._last_log = (0.0, "scans_processed 0, scans_dropped 0, scans_rejected 0")  # time, counts logged
 
         output_qos = self._qos("output_reliability", "output_depth")
         self.output_pub = self._publisher(self._param("output_topic"), output_qos)
