@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 import threading
 from pathlib import Path
 
@@ -204,12 +205,26 @@ def test_launch_file_declares_its_arguments():
         if isinstance(node, ast.Call)
         and getattr(node.func, "id", getattr(node.func, "attr", None)) == "DeclareLaunchArgument"
     }
-    assert declared == {"checkpoint", "input_topic", "output_topic", "use_sim_time", "params_file", "rviz"}
+    assert declared == {
+        "params_file",
+        "checkpoint",
+        "input_topic",
+        "output_topic",
+        "filtered_topic",
+        "namespace",
+        "node_name",
+        "device",
+        "intensity_scale",
+        "log_level",
+        "use_sim_time",
+        "rviz",
+        "fixed_frame",
+    }
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
     assert '"m2s-segment"' in source and '"m2s.rviz"' in source
 
 
-def test_rviz_config_shows_both_clouds_best_effort():
+def test_rviz_config_shows_the_clouds_best_effort():
     doc = yaml.safe_load((REPO / "config/m2s.rviz").read_text())
     displays = {
         d["Name"]: d
@@ -217,7 +232,29 @@ def test_rviz_config_shows_both_clouds_best_effort():
         if d["Class"] == "rviz_default_plugins/PointCloud2"
     }
     topics = {d["Topic"]["Value"]: d for d in displays.values()}
-    assert set(topics) == {"/velodyne_points", "/m2s/labelled_points"}
+    assert set(topics) == {"/velodyne_points", "/m2s/labelled_points", "/m2s/filtered_points"}
+    assert not topics["/m2s/filtered_points"]["Enabled"]  # disabled: no subscriber, so the node skips that work
     labelled = topics["/m2s/labelled_points"]
     assert labelled["Color Transformer"] == "RGB8"
     assert all(d["Topic"]["Reliability Policy"] == "Best Effort" for d in topics.values())
+
+
+def test_package_xml_lists_every_ros_package_the_node_imports():
+    import xml.etree.ElementTree as ElementTree
+
+    sources = [*(REPO / "m2s_perception").rglob("*.py"), *(REPO / "launch").glob("*.py")]
+    imported = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    from_pip = {"numpy", "yaml", "torch", "tqdm", "matplotlib", "spconv", "m2s_perception"}
+    ros = imported - set(sys.stdlib_module_names) - from_pip
+    assert {"rclpy", "rcl_interfaces", "sensor_msgs", "diagnostic_msgs", "launch", "launch_ros"} <= ros
+    manifest = ElementTree.parse(REPO / "package.xml").getroot()
+    exec_depends = {e.text for e in manifest.iter("exec_depend")}
+    assert ros <= exec_depends, f"imported but not in package.xml: {sorted(ros - exec_depends)}"
+    assert {"rviz2", "std_msgs"} <= exec_depends  # rviz2: launched by rviz:=true; std_msgs: Header
+    assert {"python3-pytest", "rclpy"} <= {e.text for e in manifest.iter("test_depend")}
