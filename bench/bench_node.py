@@ -83,6 +83,7 @@ def start_node(checkpoint: Path, device: str, reliability: str, log_path: Path) 
     command += ["--ros-args", "--params-file", str(REPO / "config/segment.yaml")]
     command += ["-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}", "-p", "stats_period_s:=1.0"]
     command += ["-p", f"input_reliability:={reliability}"]
+    command += ["-r", "__ns:=/m2s", "-r", f"points:={INPUT}"]  # the node's topics are relative: m2s/labelled_points
     with open(log_path, "wb") as log:
         return subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
 
