@@ -320,7 +320,8 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.close()
             node.destroy_node()
-        rclpy.try_shutdown()
+        if rclpy.ok():  # rclpy.try_shutdown() is not in every distribution's rclpy
+            rclpy.shutdown()
     return exit_code
 
 

@@ -4,7 +4,8 @@
 
 Humble (rclpy 3.3) has no pre/post set-parameters callbacks (Iron), no ``wait_for_node``,
 ``count_clients``/``count_services`` (Jazzy), no ``content_filter_options`` for subscriptions
-(Jazzy) and no ``enable_logger_service`` node option (Iron). The node must run without them.
+(Jazzy) and no ``enable_logger_service`` node option (Iron). The top-level ``rclpy.try_shutdown``
+arrived in rclpy 7.4 (ros2/rclpy#1302, 2024): removed too. The node must run without them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import sys
 
+import rclpy
 from rclpy.node import Node
 
 NEWER_THAN_HUMBLE = (
@@ -32,7 +34,10 @@ def hide_newer_api() -> list[str]:
     for name in NEWER_THAN_HUMBLE:
         if hasattr(Node, name):
             delattr(Node, name)
-            hidden.append(name)
+            hidden.append(f"Node.{name}")
+    if hasattr(rclpy, "try_shutdown"):
+        del rclpy.try_shutdown
+        hidden.append("rclpy.try_shutdown")
     for method, keywords in NEWER_KEYWORDS.items():
         original = getattr(Node, method)
 
@@ -49,7 +54,7 @@ def hide_newer_api() -> list[str]:
 
 if __name__ == "__main__":
     hidden = hide_newer_api()
-    print(f"humble surface: removed Node.{', Node.'.join(hidden)}", flush=True)
+    print(f"humble surface: removed {', '.join(hidden)}", flush=True)
     from m2s_perception.node import main
 
     sys.exit(main())

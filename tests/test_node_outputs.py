@@ -206,6 +206,7 @@ def test_node_runs_on_humbles_rclpy_surface(checkpoint, segmenter, tmp_path):
     try:
         client.wait_for_node(node)
         assert "removed Node.add_pre_set_parameters_callback, Node.add_post_set_parameters_callback" in node.log()
+        assert "rclpy.try_shutdown" in node.log()
         msg = kitti_f32(lidar_points(1000, seed=5), sec=5)
         labels, _confidence = expected_labels(segmenter, msg)
         np.testing.assert_array_equal(read_fields(client.request(msg), ("label",))["label"].ravel(), labels)
