@@ -20,7 +20,6 @@ conveniences (post-set parameter callbacks, QoS overriding options) have fallbac
 
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
 import time
@@ -39,16 +38,14 @@ from sensor_msgs.msg import PointCloud2, PointField
 from m2s_perception import node_params
 from m2s_perception.labels import load_label_map
 from m2s_perception.node_health import HealthReport, LatestScanSlot, ScanStats, Thresholds, WarningThrottle
-from m2s_perception.pipeline import REJECTION_KINDS, ScanLabeller, ScanRejected
+from m2s_perception.pipeline import REJECTION_KINDS, ScanLabeller, ScanRejected, load_segmenter, resolve_checkpoint
 
 try:  # rclpy >= Galactic; without it topics keep the QoS given by the *_reliability/*_depth parameters
     from rclpy.qos_overriding_options import QoSOverridingOptions
 except ImportError:  # pragma: no cover
     QoSOverridingOptions = None
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_student.pt"
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
-PRECISIONS = {"auto": None, "fp16": True, "fp32": False}
 PROBLEM_KINDS = (*REJECTION_KINDS, "intensity", "internal_error")
 LOG_PERIOD_S = 5.0
 
@@ -68,7 +65,8 @@ class SegmentNode(Node):
             self._post_set(lambda _params: self._apply_change(self._values()))
 
         checkpoint = resolve_checkpoint(self._param("checkpoint"))
-        self.segmenter = load_segmenter(checkpoint, **{k: self._param(k) for k in SEGMENTER_PARAMETERS})
+        options = {k: self._param(k) for k in ("device", "precision", "backend", "num_threads")}
+        self.segmenter = load_segmenter(checkpoint, **options)
         self.get_logger().info(
             f"loaded {checkpoint} on {self.segmenter.device} (fp16 autocast: {self.segmenter.fp16}); warming up"
         )
@@ -261,46 +259,6 @@ class SegmentNode(Node):
         self._stopping.set()
         self.slot.close()
         self._worker.join(timeout=10.0)
-
-
-def resolve_checkpoint(value: str) -> Path:
-    """The checkpoint parameter as a path; empty means the packaged demo weights."""
-    if value:
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path} (parameter 'checkpoint')")
-        return path
-    if DEMO_CHECKPOINT.is_file():
-        return DEMO_CHECKPOINT
-    raise FileNotFoundError(
-        "no checkpoint: set the parameter 'checkpoint' (e.g. -p checkpoint:=runs/student/best.pt); "
-        f"the packaged demo weights {DEMO_CHECKPOINT} are not installed"
-    )
-
-
-SEGMENTER_PARAMETERS = ("device", "precision", "backend", "num_threads")
-
-
-def load_segmenter(checkpoint: Path, device: str, precision: str, backend: str = "torch", num_threads: int = 0) -> Any:
-    """``Segmenter.from_checkpoint``; ``backend``/``num_threads`` are passed only when set, so the node
-    also runs with an inference module that predates them (then num_threads sets torch's threads)."""
-    import torch
-
-    from m2s_perception.inference import Segmenter
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available (use device: auto or cpu)")
-    accepted = inspect.signature(Segmenter.from_checkpoint).parameters
-    options: dict[str, Any] = {}
-    if backend != "torch":
-        if "backend" not in accepted:
-            raise ValueError(f"backend {backend!r}: this m2s_perception.inference supports only 'torch'")
-        options["backend"] = backend
-    if num_threads and "num_threads" in accepted:
-        options["num_threads"] = num_threads
-    elif num_threads:
-        torch.set_num_threads(num_threads)
-    return Segmenter.from_checkpoint(checkpoint, device=device, fp16=PRECISIONS[precision], **options)
 
 
 def main(args: list[str] | None = None) -> int:

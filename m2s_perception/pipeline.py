@@ -9,15 +9,17 @@ with topics, threads and diagnostics. Two outputs, each made only when asked for
 - the filtered cloud: the input's own layout (fields, point_step, byte order) holding only the points
   whose class is not in ``filtered_classes`` (e.g. road, sidewalk, terrain: ground removal), unorganised.
 Points that are not finite or lie outside [min_range, max_range] are not fed to the model and get
-label 0 (unlabeled).
+label 0 (unlabeled). ``resolve_checkpoint`` and ``load_segmenter`` build the model it runs.
 """
 
 from __future__ import annotations
 
 import array
 import dataclasses
+import inspect
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,8 @@ import numpy as np
 from m2s_perception.labels import IGNORE_ID, LabelMap
 from m2s_perception.pointcloud2 import DATATYPE_TO_DTYPE, FLOAT32, UINT16, CloudFormatError, decode_cloud, make_cloud
 
-ADDED_FIELDS = ("rgb", "confidence", "label")
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_student.pt"
+PRECISIONS = {"auto": None, "fp16": True, "fp32": False}
 # Why a scan was skipped: a fixed set, so counters and warning throttles stay bounded whatever senders send.
 REJECTION_KINDS = ("too_large", "bad_format", "empty", "no_finite_points")
 
@@ -191,6 +194,43 @@ class ScanLabeller:
         for name, value in values.items():
             setattr(out, name, value)
         return out
+
+
+def resolve_checkpoint(value: str) -> Path:
+    """The checkpoint parameter as a path; empty means the packaged demo weights."""
+    if value:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path} (parameter 'checkpoint')")
+        return path
+    if DEMO_CHECKPOINT.is_file():
+        return DEMO_CHECKPOINT
+    raise FileNotFoundError(
+        "no checkpoint: set the parameter 'checkpoint' (e.g. -p checkpoint:=runs/student/best.pt); "
+        f"the packaged demo weights {DEMO_CHECKPOINT} are not installed"
+    )
+
+
+def load_segmenter(checkpoint: Path, device: str, precision: str, backend: str = "torch", num_threads: int = 0) -> Any:
+    """``Segmenter.from_checkpoint``; ``backend``/``num_threads`` are passed only when set, so the node
+    also runs with an inference module that predates them (then num_threads sets torch's threads)."""
+    import torch
+
+    from m2s_perception.inference import Segmenter
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available (use device: auto or cpu)")
+    accepted = inspect.signature(Segmenter.from_checkpoint).parameters
+    options: dict[str, Any] = {}
+    if backend != "torch":
+        if "backend" not in accepted:
+            raise ValueError(f"backend {backend!r}: this m2s_perception.inference supports only 'torch'")
+        options["backend"] = backend
+    if num_threads and "num_threads" in accepted:
+        options["num_threads"] = num_threads
+    elif num_threads:
+        torch.set_num_threads(num_threads)
+    return Segmenter.from_checkpoint(checkpoint, device=device, fp16=PRECISIONS[precision], **options)
 
 
 def point_records(msg: Any) -> np.ndarray:

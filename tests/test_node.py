@@ -17,9 +17,8 @@ from m2s_perception import node_params
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
 from m2s_perception.models import build_model
-from m2s_perception.node import resolve_checkpoint
 from m2s_perception.node_health import LatestScanSlot
-from m2s_perception.pipeline import LabelSettings, ScanLabeller, ScanRejected, intensity_problem
+from m2s_perception.pipeline import LabelSettings, ScanLabeller, ScanRejected, intensity_problem, resolve_checkpoint
 from m2s_perception.pointcloud2 import decode_cloud, make_cloud, read_fields
 from m2s_training.checkpoint import save_checkpoint
 from tests.node_clouds import (
