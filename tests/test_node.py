@@ -257,3 +257,18 @@ def test_package_xml_lists_every_ros_package_the_node_imports():
     assert ros <= exec_depends, f"imported but not in package.xml: {sorted(ros - exec_depends)}"
     assert {"rviz2", "std_msgs"} <= exec_depends  # rviz2: launched by rviz:=true; std_msgs: Header
     assert {"python3-pytest", "rclpy"} <= {e.text for e in manifest.iter("test_depend")}
+
+
+def test_load_segmenter_backend_and_threads(checkpoint):
+    from m2s_perception.pipeline import load_segmenter
+
+    with pytest.raises(ValueError, match="no_such_backend"):
+        load_segmenter(checkpoint, "cpu", "auto", backend="no_such_backend")
+    threads = torch.get_num_threads()
+    try:
+        wanted = 3 if threads != 3 else 2
+        segmenter = load_segmenter(checkpoint, "cpu", "fp32", num_threads=wanted)
+        assert segmenter.predict(np.ones((5, 4), np.float32)).labels.shape == (5,)
+        assert torch.get_num_threads() == wanted  # set by the inference backend, or by the node's fallback
+    finally:
+        torch.set_num_threads(threads)
