@@ -145,7 +145,7 @@ class ScanLabeller:
         fields = [(f.name, int(f.offset), int(f.datatype), int(f.count)) for f in msg.fields if f.name not in added]
         sizes = [DATATYPE_TO_DTYPE.get(datatype, np.dtype("u1")).itemsize for _n, _o, datatype, _c in fields]
         align = max([4, *sizes])
-        offset = -(-records.shape[1] // 4) * 4
+        offset = -(-records.shape[-1] // 4) * 4
         names, formats, offsets = [], [], []
         for name, column in added.items():
             dtype = column.dtype.newbyteorder(byte_order)
@@ -154,29 +154,33 @@ class ScanLabeller:
             names.append(name), formats.append(dtype), offsets.append(offset)
             offset += dtype.itemsize
         point_step = -(-offset // align) * align
-        data = np.zeros((len(records), point_step), dtype=np.uint8)
-        data[:, : records.shape[1]] = records
-        view = data.reshape(-1).view(
+        data, out = self._new_records(records.shape[0] * records.shape[1], point_step)
+        out.reshape(records.shape[0], records.shape[1], point_step)[..., : records.shape[-1]] = records
+        view = out.reshape(-1).view(
             np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
         )
         for name, column in added.items():
             view[name] = column
-        return self._message(msg, fields, point_step, data, height)
+        return self._message(msg, fields, point_step, data, height, len(out) // height)
 
     def _subset(self, msg: Any, keep: np.ndarray) -> Any:
         """The input's points where ``keep``, in its own layout, as one row."""
-        records = point_records(msg)[keep]
+        records = point_records(msg)
+        data, out = self._new_records(int(keep.sum()), records.shape[-1])
+        out[:] = records[keep.reshape(records.shape[:2])]
         fields = [(f.name, int(f.offset), int(f.datatype), int(f.count)) for f in msg.fields]
-        return self._message(msg, fields, int(msg.point_step), records, 1)
+        return self._message(msg, fields, records.shape[-1], data, 1, len(out))
 
-    def _message(self, msg: Any, fields: list[tuple], point_step: int, records: np.ndarray, height: int) -> Any:
-        width = len(records) // height if height else 0
-        is_rosbags = dataclasses.is_dataclass(self.cloud_type)
-        if is_rosbags:
-            data = np.ascontiguousarray(records).reshape(-1)
-        else:  # array.array: the rclpy data setter's fast path
-            data = array.array("B")
-            data.frombytes(np.ascontiguousarray(records).tobytes())
+    def _new_records(self, num_points: int, point_step: int) -> tuple[Any, np.ndarray]:
+        """The buffer a message will own (rclpy: array.array, its data setter's fast path; rosbags: numpy)
+        and a writable (num_points, point_step) uint8 view of it."""
+        nbytes = num_points * point_step
+        data = (
+            np.zeros(nbytes, np.uint8) if dataclasses.is_dataclass(self.cloud_type) else array.array("B", bytes(nbytes))
+        )
+        return data, np.frombuffer(data, np.uint8).reshape(num_points, point_step)
+
+    def _message(self, msg: Any, fields: list[tuple], point_step: int, data: Any, height: int, width: int) -> Any:
         values = dict(
             header=msg.header,
             height=height,
@@ -188,7 +192,7 @@ class ScanLabeller:
             data=data,
             is_dense=bool(msg.is_dense),
         )
-        if is_rosbags:
+        if dataclasses.is_dataclass(self.cloud_type):
             return self.cloud_type(**values)
         out = self.cloud_type()
         for name, value in values.items():
@@ -234,7 +238,7 @@ def load_segmenter(checkpoint: Path, device: str, precision: str, backend: str =
 
 
 def point_records(msg: Any) -> np.ndarray:
-    """(N, point_step) uint8: each point's bytes in flat row-major order, row padding dropped.
+    """(height, width, point_step) uint8 view of each point's bytes, row padding skipped; no copy.
 
     Call after ``decode_cloud`` accepted the message (it checks the buffer holds row_step × height).
     """
@@ -247,8 +251,7 @@ def point_records(msg: Any) -> np.ndarray:
             buffer = np.frombuffer(data, np.uint8)
         except TypeError:  # a plain list of ints
             buffer = np.asarray(data, np.uint8)
-    view = np.lib.stride_tricks.as_strided(buffer, (height, width, point_step), (row_step, point_step, 1))
-    return view.reshape(height * width, point_step)
+    return np.lib.stride_tricks.as_strided(buffer, (height, width, point_step), (row_step, point_step, 1))
 
 
 def intensity_problem(intensity: np.ndarray, scale: float) -> str | None:
