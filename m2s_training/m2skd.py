@@ -18,9 +18,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from m2s_perception.labels import IGNORE_ID
+from m2s_perception.models import ModelOutput
+from m2s_training.data.dataset import Batch
+from m2s_training.distill import match_voxels
 
 # The official weights and constants.
 LOGIT_WEIGHT = 5.0
@@ -128,3 +131,44 @@ def distillation(
     if weights.feature > 0 and student_features is not None and teacher_features is not None:
         terms["m2skd_feature"] = weights.feature * feature_term(student_features, teacher_features)
     return terms
+
+
+class JointM2skd(nn.Module):
+    """The teacher view of M2SKD's shared-weight training, as the trainer's extra loss.
+
+    ``forward(batch, output)``: ``output`` is the model's on ``batch.student_view()`` (its task loss,
+    plain CE + Lovász, is the trainer's); this runs the SAME model on the full batch (scan + fused
+    instances) with gradients, and returns the teacher-view CE on changed voxel labels and the
+    distillation terms on the student view's voxels, matched to the teacher view's by coordinates.
+    The model is held outside the module's parameters, so the optimiser does not see it twice.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, weights: M2skdWeights = M2skdWeights()):
+        super().__init__()
+        self._model = [model]  # a plain list: not a submodule
+        self.num_classes = num_classes
+        self.weights = weights
+
+    def forward(self, batch: Batch, output: ModelOutput, step: int | None = None) -> dict[str, Tensor]:
+        own = ~batch.is_fused
+        teacher = self._model[0](batch.points, batch.batch_index, batch.batch_size)
+        student_labels = voxel_majority_labels(
+            output.point_to_voxel, batch.labels[own], len(output.voxel_coords), self.num_classes
+        )
+        teacher_labels = voxel_majority_labels(
+            teacher.point_to_voxel, batch.labels, len(teacher.voxel_coords), self.num_classes
+        )
+        student_rows, teacher_rows = match_voxels(output.voxel_coords, teacher.voxel_coords)
+        single_scan_label = torch.full_like(teacher_labels, IGNORE_ID)
+        single_scan_label[teacher_rows] = student_labels[student_rows]
+        changed = changed_labels(teacher_labels, single_scan_label)
+        terms = {"m2skd_teacher_ce": self.weights.teacher_view_ce * plain_cross_entropy(teacher.voxel_logits, changed)}
+        terms.update(
+            distillation(
+                output.voxel_logits[student_rows],
+                teacher.voxel_logits[teacher_rows],
+                student_labels[student_rows],
+                weights=self.weights,
+            )
+        )
+        return terms

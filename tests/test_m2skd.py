@@ -4,8 +4,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from m2s_perception.models import ModelConfig, build_model
 from m2s_training import m2skd
+from m2s_training.data.dataset import Batch
 
 
 def test_logit_term_by_hand():
@@ -84,3 +87,68 @@ def test_plain_cross_entropy_has_no_class_weights():
     labels = torch.tensor([1, 0])  # the second row is ignored
     assert m2skd.plain_cross_entropy(logits, labels).item() == pytest.approx(math.log(3.0))
     assert m2skd.plain_cross_entropy(logits, torch.tensor([0, 0])).item() == 0.0
+
+
+# --- the joint (shared-weight) teacher view on a tiny real model ---------------------------------
+
+TINY = dict(
+    grid_size=(16, 16, 4),
+    rho_range=(0.0, 20.0),
+    z_range=(-2.0, 2.0),
+    point_channels=(16, 32),
+    base_channels=8,
+    levels=2,
+)
+PERSON, ROAD = 6, 9
+
+
+def _batch(with_fused: bool) -> Batch:
+    generator = torch.Generator().manual_seed(0)
+    own = torch.cat([torch.rand(200, 2, generator=generator) * 24 - 12, torch.rand(200, 2, generator=generator)], 1)
+    labels = torch.where(own[:, 0] > 0, PERSON, ROAD)
+    points, point_labels, fused = own, labels, torch.zeros(200, dtype=torch.bool)
+    if with_fused:  # a person's copy from a previous scan in cells the scan leaves empty
+        extra = torch.tensor([[15.0, 15.0, 0.5, 0.3]]).repeat(20, 1) + torch.rand(20, 4, generator=generator) * 0.2
+        points = torch.cat([own, extra])
+        point_labels = torch.cat([labels, torch.full((20,), PERSON)])
+        fused = torch.cat([fused, torch.ones(20, dtype=torch.bool)])
+    return Batch(
+        points=points.float(),
+        labels=point_labels,
+        instance=torch.zeros(len(points), dtype=torch.long),
+        is_fused=fused,
+        batch_index=torch.zeros(len(points), dtype=torch.long),
+        batch_size=1,
+        frames=[("00", 0)],
+    )
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(backbone="polar", **TINY)).eval()  # eval: BN statistics equal in both runs
+
+
+def test_joint_terms_vanish_when_the_views_are_identical():
+    model, batch = _model(), _batch(with_fused=False)
+    output = model(batch.points, batch.batch_index, batch.batch_size)
+    terms = m2skd.JointM2skd(model, num_classes=20)(batch, output)
+    assert set(terms) == {"m2skd_teacher_ce", "m2skd_logit", "m2skd_affinity"}
+    for name, value in terms.items():  # no changed labels, equal logits, equal affinities
+        assert value.item() == pytest.approx(0.0, abs=1e-6), name
+
+
+def test_joint_teacher_view_is_trained_on_changed_voxels_only():
+    model, batch = _model(), _batch(with_fused=True)
+    seen = batch.student_view()
+    output = model(seen.points, seen.batch_index, seen.batch_size)
+    joint = m2skd.JointM2skd(model, num_classes=20)
+    assert list(joint.parameters()) == []  # the shared model is not optimised twice
+    terms = joint(batch, output)
+    # The fused person lands in voxels the scan does not fill: those voxels (and only those) changed.
+    teacher = model(batch.points, batch.batch_index, batch.batch_size)
+    fused_voxels = torch.unique(teacher.point_to_voxel[batch.is_fused])
+    expected_ce = 0.2 * F.cross_entropy(teacher.voxel_logits[fused_voxels], torch.full((len(fused_voxels),), PERSON))
+    assert terms["m2skd_teacher_ce"].item() == pytest.approx(expected_ce.item(), rel=1e-4)
+    model.zero_grad()
+    terms["m2skd_teacher_ce"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
