@@ -91,8 +91,8 @@ class ScanLabeller:
             raise ScanRejected("empty", "cloud has no points (width × height = 0)")
         if not cloud.finite.any():
             raise ScanRejected("no_finite_points", f"all {cloud.num_points} points are NaN or infinite")
-        distance = np.linalg.norm(cloud.points[:, :3], axis=1)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite coordinates: not selected
+            distance = np.linalg.norm(cloud.points[:, :3], axis=1)
             selected = cloud.finite & (distance >= settings.min_range) & (distance <= settings.max_range)
         decoded = time.perf_counter()
 

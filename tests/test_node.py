@@ -272,3 +272,47 @@ def test_load_segmenter_backend_and_threads(checkpoint):
         assert torch.get_num_threads() == wanted  # set by the inference backend, or by the node's fallback
     finally:
         torch.set_num_threads(threads)
+
+
+def test_labeller_outputs_survive_random_layouts(segmenter):
+    """Seeded random layouts (extra fields of every datatype, names clashing with ours, duplicates, big-endian,
+    organised, huge and non-finite values): every cloud is labelled or rejected as bad input, and both
+    optional outputs keep the input's points."""
+    import array
+
+    rng = np.random.default_rng(0)
+    labeller = ScanLabeller(segmenter, load_label_map(), PointCloud2, PointField)
+    names = ["ring", "t", "rgb", "label", "confidence", "intensity", "x", "noise"]
+    labelled = rejected = 0
+    for _ in range(300):
+        fields = [PointField(name=n, offset=4 * k, datatype=7, count=1) for k, n in enumerate("xyz")]
+        offset = 12
+        for _extra in range(rng.integers(0, 4)):
+            datatype = int(rng.integers(1, 9))
+            size = (1, 1, 2, 2, 4, 4, 4, 8)[datatype - 1]
+            offset = -(-offset // size) * size
+            fields.append(PointField(name=str(rng.choice(names)), offset=offset, datatype=datatype, count=1))
+            offset += size
+        height = int(rng.choice([1, 2, 4]))
+        width = int(rng.integers(1, 50))
+        point_step = offset + int(rng.integers(0, 9))
+        row_step = width * point_step + int(rng.choice([0, 0, 8]))
+        values = rng.normal(0, 20, (row_step * height + 3) // 4).astype(np.float32)
+        values[rng.random(len(values)) < 0.05] = rng.choice([np.nan, np.inf, 3e38])
+        msg = PointCloud2(height=height, width=width, point_step=point_step, row_step=row_step, fields=fields)
+        msg.is_bigendian = bool(rng.random() < 0.3)
+        msg.data = array.array("B", values.tobytes()[: row_step * height])
+        settings = LabelSettings(keep_input_fields=bool(rng.random() < 0.5), filtered_classes=("road", "car"))
+        try:
+            scan = labeller.label(msg, settings, labelled=True, filtered=True)
+        except ScanRejected as err:
+            assert err.kind in ("bad_format", "no_finite_points"), err
+            rejected += 1
+            continue
+        labelled += 1
+        assert (scan.cloud.height, scan.cloud.width) == (height, width)
+        assert len(scan.cloud.data) == scan.cloud.row_step * height
+        assert read_fields(scan.cloud, ("label",)).shape == (height, width)
+        assert scan.filtered.point_step == point_step and scan.filtered.width <= width * height
+        assert len(scan.filtered.data) == scan.filtered.width * point_step
+    assert labelled > 200 and rejected > 0, (labelled, rejected)
