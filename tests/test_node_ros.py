@@ -195,12 +195,32 @@ def test_node_refuses_to_start_with_a_clear_error(checkpoint, tmp_dir, override,
     assert "Traceback" not in node.log()
 
 
+class _Payload:
+    """Pickled into a checkpoint: loading it would call Path.touch (any callable would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
 @pytest.mark.ros
-def test_node_refuses_a_checkpoint_with_other_classes(tmp_dir):
-    path = tmp_dir / "seven_classes.pt"
-    config = ModelConfig(**{**SMALL_POLAR.to_dict(), "num_classes": 7})
-    save_checkpoint(path, build_model(config), config)
-    name = "m2s_segment_bad_classes"
+@pytest.mark.parametrize("problem", ["classes", "pickled_code"])
+def test_node_refuses_a_bad_checkpoint(tmp_dir, problem):
+    path = tmp_dir / f"{problem}.pt"
+    marker = tmp_dir / "payload_ran"
+    if problem == "classes":
+        config = ModelConfig(**{**SMALL_POLAR.to_dict(), "num_classes": 7})
+        save_checkpoint(path, build_model(config), config)
+        message = "the model predicts 7 classes but the label map has 20"
+    else:
+        save_checkpoint(path, build_model(SMALL_POLAR), SMALL_POLAR)
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["meta"] = {"payload": _Payload(marker)}
+        torch.save(checkpoint, path)
+        message = "refused: it holds pickled objects that weights_only loading does not allow"
+    name = f"m2s_segment_bad_{problem}"
     node = SegmentProcess(tmp_dir, name, node_parameters(path, name))
     try:
         assert node.process.wait(60) == 1, node.log()
@@ -208,8 +228,9 @@ def test_node_refuses_a_checkpoint_with_other_classes(tmp_dir):
         pytest.fail(f"the node did not exit; log:\n{node.log()}")
     finally:
         node.stop(signal.SIGKILL)
-    assert "the model predicts 7 classes but the label map has 20" in node.log()
+    assert message in node.log()
     assert "Traceback" not in node.log()
+    assert not marker.exists()
 
 
 @pytest.mark.ros
