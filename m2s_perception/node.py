@@ -58,6 +58,7 @@ class SegmentNode(Node):
         problems = node_params.validate(self._values(), self.label_map.class_names)
         if problems:
             raise ValueError("; ".join(problems))
+        self._refuse_unknown_parameters(later=node_params.QOS_OVERRIDES_PREFIX)  # before the slow model load
         self.settings = node_params.label_settings(self._values())
         self.add_on_set_parameters_callback(self._validate_change)
         self._post_set = getattr(self, "add_post_set_parameters_callback", None)  # Iron+; Humble: see _validate_change
@@ -135,12 +136,13 @@ class SegmentNode(Node):
     def _apply_change(self, values: dict[str, Any]) -> None:
         self.settings = node_params.label_settings(values)  # one atomic swap; the worker reads it once per scan
 
-    def _refuse_unknown_parameters(self) -> None:
+    def _refuse_unknown_parameters(self, later: str = "") -> None:
         """rclpy ignores overrides nobody declares (``-p chekpoint:=x``); a typo must not pass silently.
 
         ``_parameter_overrides`` (rclpy, Humble to Kilted) holds the overrides addressed to this node.
+        Names starting with ``later`` are left for a later call (QoS overrides are declared with the topics).
         """
-        given = getattr(self, "_parameter_overrides", {})
+        given = [name for name in getattr(self, "_parameter_overrides", {}) if not (later and name.startswith(later))]
         problems = node_params.unknown_parameters(given, [name for name in given if self.has_parameter(name)])
         if problems:
             raise ValueError(f"{'; '.join(problems)}; see config/segment.yaml for the parameters")
