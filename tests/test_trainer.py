@@ -14,9 +14,11 @@ import yaml
 from m2s_perception.checkpoint import read_checkpoint
 from m2s_perception.inference import Segmenter
 from m2s_perception.models import ModelConfig
+from m2s_training.config import DataConfig, LoopConfig, OptimConfig, TrainConfig, config_to_dict, load_config, override
 from m2s_training.data.dataset import AugmentConfig
+from m2s_training.reporting import CsvLog
 from m2s_training.synth import generate
-from m2s_training.trainer import CsvLog, DataConfig, OptimConfig, TrainConfig, Trainer, config_to_dict, load_config
+from m2s_training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +31,8 @@ def synth(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_config(backbone: str = "polar", **overrides) -> TrainConfig:
+def tiny_config(backbone: str = "polar", **values) -> TrainConfig:
+    """A few-second CPU run; ``values``: dotted keys with "__" for "." (train__max_steps=6)."""
     model = ModelConfig(
         backbone=backbone,
         width=0.25,
@@ -42,15 +45,12 @@ def tiny_config(backbone: str = "polar", **overrides) -> TrainConfig:
     no_augment = AugmentConfig(rotate=False, flip=False, scale=(1.0, 1.0), jitter_std=0.0)
     config = TrainConfig(
         model=model,
-        data=DataConfig(batch_size=2, num_workers=0, augment=no_augment, max_train_points=4000),
+        data=DataConfig(batch_size=2, num_workers=0, max_train_points=4000),
+        augment=no_augment,
         optim=OptimConfig(lr=0.03, warmup_steps=1, min_lr_ratio=0.3),
-        epochs=100,
-        max_steps=12,
-        val_every=0,
-        checkpoint_every=1000,
-        log_every=2,
+        train=LoopConfig(epochs=100, max_steps=12, val_every=0, checkpoint_every=1000, log_every=2),
     )
-    return dataclasses.replace(config, **overrides)
+    return override(config, {key.replace("__", "."): value for key, value in values.items()})
 
 
 def train_losses(out: Path) -> list[float]:
@@ -85,15 +85,13 @@ def test_polar_student_loss_falls_and_writes_a_run(synth, tmp_path):
 def test_cylinder_loss_falls(synth, tmp_path):
     pytest.importorskip("spconv")
     out = tmp_path / "run"
-    Trainer(tiny_config("cylinder", max_steps=10), synth, out, device="cpu").fit()
+    Trainer(tiny_config("cylinder", train__max_steps=10), synth, out, device="cpu").fit()
     losses = train_losses(out)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_resume_continues_exactly(synth, tmp_path):
-    config = tiny_config(
-        max_steps=6, val_every=0, data=dataclasses.replace(tiny_config().data, augment=AugmentConfig())
-    )
+    config = dataclasses.replace(tiny_config(train__max_steps=6), augment=AugmentConfig())
     straight = Trainer(config, synth, tmp_path / "straight", device="cpu")
     straight.fit()
 
@@ -119,15 +117,15 @@ def test_resume_continues_exactly(synth, tmp_path):
     assert [resumed_log[2], resumed_log[6]] == pytest.approx([straight_log[2], straight_log[6]], rel=1e-5)
 
 
-def test_teacher_mode_needs_fusion_and_distill_needs_a_teacher(synth, tmp_path):
+def test_teacher_mode_needs_fusion_and_distill_needs_a_teacher():
     with pytest.raises(ValueError, match="fusion"):
-        Trainer(tiny_config(), synth, tmp_path / "t", mode="teacher", device="cpu")
+        tiny_config(train__mode="teacher")
     with pytest.raises(ValueError, match="--teacher"):
-        Trainer(tiny_config(), synth, tmp_path / "d", mode="distill", device="cpu")
+        tiny_config(train__mode="distill")
 
 
 def test_ddp_two_cpu_processes(synth, tmp_path):
-    config = tiny_config(max_steps=None, epochs=1, checkpoint_every=1)
+    config = tiny_config(train__max_steps=None, train__epochs=1, train__checkpoint_every=1)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config_to_dict(config)))
     out = tmp_path / "run"
