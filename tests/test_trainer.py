@@ -13,8 +13,18 @@ import yaml
 
 from m2s_perception.checkpoint import read_checkpoint
 from m2s_perception.inference import Segmenter
-from m2s_perception.models import ModelConfig
-from m2s_training.config import DataConfig, LoopConfig, OptimConfig, TrainConfig, config_to_dict, load_config, override
+from m2s_perception.models import ModelConfig, build_model
+from m2s_training.checkpoint import save_checkpoint
+from m2s_training.config import (
+    DataConfig,
+    DistillConfig,
+    LoopConfig,
+    OptimConfig,
+    TrainConfig,
+    config_to_dict,
+    load_config,
+    override,
+)
 from m2s_training.data.dataset import AugmentConfig
 from m2s_training.reporting import CsvLog
 from m2s_training.synth import generate
@@ -139,3 +149,74 @@ def test_ddp_two_cpu_processes(synth, tmp_path):
     checkpoint = read_checkpoint(out / "last.pt")
     assert checkpoint["training_state"]["step"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "curves.png", "last.pt", "log.csv"]
+
+
+def tiny_teacher(tmp_path: Path) -> Path:
+    """An untrained half-width teacher on tiny_config's grid: enough for the distillation's arithmetic."""
+    model_config = dataclasses.replace(tiny_config().model, width=0.5)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, build_model(model_config), model_config)
+    return path
+
+
+def distill_config(teacher: Path, **values) -> TrainConfig:
+    """Every distillation term on, the sampled ones (instance, point and voxel affinity) included."""
+    every_term = {f"distill__{name.removeprefix('kd_')}": 1.0 for name in DistillConfig().weights()}
+    every_term |= {"distill__feature_names": ["bev_decoder", "point_mlp"], "distill__supervoxels_sampled": 4}
+    every_term |= {"distill__supervoxel_cells": [4, 4, 2], "train__teacher": str(teacher)}
+    return tiny_config(train__mode="distill", fusion={}, **every_term, **values)
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    b_state = b.state_dict()
+    for name, value in a.state_dict().items():
+        assert torch.equal(value, b_state[name]), name
+
+
+def test_distill_resume_continues_exactly(synth, tmp_path):
+    config = dataclasses.replace(distill_config(tiny_teacher(tmp_path), train__max_steps=6), augment=AugmentConfig())
+    straight = Trainer(config, synth, tmp_path / "straight", device="cpu")
+    straight.fit()
+    assert straight.train_set[3].is_fused.any() and straight.extra_params  # fused input, trained adapters
+
+    interrupted = tmp_path / "interrupted"
+    Trainer(config, synth, interrupted, device="cpu").fit(stop_at_step=3)
+    torch.manual_seed(12345)  # whatever the global RNG holds when a run resumes, the run continues the same
+    resumed = Trainer(config, synth, interrupted, device="cpu", resume=True)
+    resumed.fit()
+    assert resumed.step == straight.step == 6
+    assert_same_weights(resumed.model, straight.model)
+    assert_same_weights(resumed.extra_loss.adapters, straight.extra_loss.adapters)
+    logged = {r["name"] for r in CsvLog.read(interrupted / "log.csv")}
+    assert {"kd_instance_affinity", "kd_point_affinity", "kd_voxel_affinity"} <= logged
+
+
+def test_resume_refuses_a_changed_config_but_allows_a_longer_run(synth, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny_config(train__max_steps=2), synth, out, device="cpu").fit()
+    with pytest.raises(ValueError) as refused:
+        Trainer(tiny_config(train__max_steps=2, optim__lr=0.01), synth, out, device="cpu", resume=True)
+    assert "optim.lr: 0.03 → 0.01" in str(refused.value)
+    with pytest.raises(ValueError, match=r"model\.width: 0\.25 → 0\.5"):
+        Trainer(tiny_config(model__width=0.5), synth, out, device="cpu", resume=True)
+    with pytest.raises(ValueError, match="was a student run"):
+        Trainer(distill_config(tiny_teacher(tmp_path)), synth, out, device="cpu", resume=True)
+    longer = Trainer(tiny_config(train__max_steps=4, train__log_every=1), synth, out, device="cpu", resume=True)
+    assert longer.step == 2
+    longer.fit()
+    assert read_checkpoint(out / "last.pt")["training_state"]["step"] == 4
+
+
+def test_resume_removes_the_temporaries_a_killed_write_left(synth, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny_config(train__max_steps=1), synth, out, device="cpu").fit()
+    # what atomic_path leaves when SIGKILL lands mid-write: a mkdtemp directory beside the target
+    killed_write = out / ".last.pt.k1ll3d_x"
+    (killed_write).mkdir()
+    (killed_write / "last.pt").write_bytes(b"half a checkpoint")
+    not_ours = [out / ".last.pt.notes", out / ".last.pt.abcdefgh.bak"]
+    for path in not_ours:
+        path.mkdir()
+    Trainer(tiny_config(train__max_steps=2), synth, out, device="cpu", resume=True)
+    assert not killed_write.exists()
+    assert all(path.is_dir() for path in not_ours)
