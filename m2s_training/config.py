@@ -255,7 +255,9 @@ def set_values(doc: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 
 def override(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """``config`` with dotted keys replaced, loaded and checked again (the typed ``--set``)."""
-    return config_from_dict(set_values(config_to_dict(config), values), "config")
+    doc = config_to_dict(config)
+    del doc["model"]["num_classes"]  # derived from the label map, which ``values`` may change
+    return config_from_dict(set_values(doc, values), "config")
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

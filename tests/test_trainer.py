@@ -1,9 +1,12 @@
 """The one trainer on a tiny synthetic sequence: the loss falls, resume is exact, DDP on 2 CPU processes."""
 
 import dataclasses
+import json
 import os
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,7 @@ from m2s_training.config import (
 from m2s_training.data.dataset import AugmentConfig
 from m2s_training.reporting import CsvLog
 from m2s_training.synth import generate
-from m2s_training.trainer import Trainer
+from m2s_training.trainer import RUN_FILES, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -220,3 +223,57 @@ def test_resume_removes_the_temporaries_a_killed_write_left(synth, tmp_path):
     Trainer(tiny_config(train__max_steps=2), synth, out, device="cpu", resume=True)
     assert not killed_write.exists()
     assert all(path.is_dir() for path in not_ours)
+
+
+def test_a_label_map_from_the_config_sets_the_classes_of_the_run_and_of_m2s_eval(synth, tmp_path):
+    from m2s_training.evaluate import main as m2s_eval
+    from tests.test_config import small_label_map
+
+    label_map = small_label_map(tmp_path)
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(label_map=str(label_map), train__max_steps=2), synth, out, device="cpu")
+    trainer.fit()
+    checkpoint = read_checkpoint(out / "best.pt")
+    assert checkpoint["class_names"] == ["unlabeled", "car", "road"]
+    assert checkpoint["model_config"]["num_classes"] == 3 and trainer.model.head.out_features == 3 * 8
+    assert load_config(out / "config.yaml").label_map == str(label_map.resolve())
+
+    common = ["--checkpoint", str(out / "best.pt"), "--data", str(synth), "--device", "cpu"]
+    with pytest.raises(SystemExit, match=r"trained for classes unlabeled, car, road.*pass --label-map"):
+        m2s_eval([*common, "--out", str(tmp_path / "wrong")])
+    m2s_eval([*common, "--out", str(tmp_path / "eval"), "--label-map", str(label_map)])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(metrics["iou"]) == ["car", "road"]
+
+
+def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(synth, tmp_path):
+    """One SIGKILL in a real m2s-train process; bench/kill_resume.py repeats it many times, both modes."""
+    config_path = tmp_path / "config.yaml"
+    config = dataclasses.replace(tiny_config(train__max_steps=12, train__checkpoint_every=1), augment=AugmentConfig())
+    config_path.write_text(yaml.safe_dump(config_to_dict(config)))
+    train = [sys.executable, "-m", "m2s_training.train", "--config", str(config_path), "--data", str(synth)]
+    train += ["--device", "cpu", "--out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: both processes add up floats in the same order
+    subprocess.run(
+        [*train, str(tmp_path / "straight")], cwd=REPO, env=env, capture_output=True, timeout=120, check=True
+    )
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([*train, str(out)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not (out / "last.pt").exists():  # a kill before the first checkpoint would leave nothing to resume
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    delay = random.uniform(0.0, 1.5)  # the remaining 11 steps take ~4 s: the kill lands mid-run, anywhere
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    killed_at = read_checkpoint(out / "last.pt")["training_state"]["step"]
+    assert killed_at < 12, f"the run ended before the kill ({delay:.2f} s after its first checkpoint)"
+    resume = subprocess.run([*train, str(out), "--resume"], cwd=REPO, env=env, capture_output=True)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+
+    straight, resumed = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(out / "last.pt")
+    assert resumed["training_state"]["step"] == 12
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs (killed at step {killed_at})"
+    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)  # no temporaries of the killed write
