@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from m2s_perception.checkpoint import load_model
 from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
 from m2s_perception.models import ModelConfig, ModelOutput, build_model
+from m2s_perception.models.grid import ravel_index
 from m2s_training.config import DistillConfig
 from m2s_training.data.dataset import Batch
 
@@ -65,15 +66,8 @@ def kl_distillation(
 def match_voxels(student_coords: Tensor, teacher_coords: Tensor) -> tuple[Tensor, Tensor]:
     """Rows (student, teacher) of voxels present in both, matched by (batch, i, j, k)."""
     extent = torch.cat([student_coords, teacher_coords]).amax(dim=0) + 1
-
-    def encode(coords: Tensor) -> Tensor:
-        key = coords[:, 0]
-        for axis in range(1, coords.shape[1]):
-            key = key * extent[axis] + coords[:, axis]
-        return key
-
-    teacher_keys, teacher_order = torch.sort(encode(teacher_coords))
-    student_keys = encode(student_coords)
+    teacher_keys, teacher_order = torch.sort(ravel_index(teacher_coords.unbind(1), extent))
+    student_keys = ravel_index(student_coords.unbind(1), extent)
     position = torch.searchsorted(teacher_keys, student_keys).clamp_max(max(len(teacher_keys) - 1, 0))
     if len(teacher_keys) == 0:
         empty = student_coords.new_zeros(0)
@@ -137,8 +131,7 @@ def supervoxel_of_voxels(voxel_coords: Tensor, cells: tuple[int, int, int]) -> T
         voxel_coords[:, 1:], torch.tensor(cells, device=voxel_coords.device), rounding_mode="floor"
     )
     extent = block.amax(dim=0) + 1
-    key = ((block[:, 0] * extent[1] + block[:, 1]) * extent[2] + block[:, 2]) * extent[3] + block[:, 3]
-    return torch.unique(key, return_inverse=True)[1]
+    return torch.unique(ravel_index(block.unbind(1), extent), return_inverse=True)[1]
 
 
 def difficulty_weights(
