@@ -86,6 +86,13 @@ class ModelOutput:
     point_to_voxel: Tensor  # (N,) long: row of voxel_logits holding each point
     point_features: dict[str, Tensor] = field(default_factory=dict)  # name -> (N, C_f)
 
+    @classmethod
+    def from_voxels(
+        cls, voxel_logits: Tensor, voxel_coords: Tensor, point_to_voxel: Tensor, point_features: dict[str, Tensor]
+    ) -> ModelOutput:
+        """The output of a backbone that predicts per voxel: every point gets its voxel's logits."""
+        return cls(voxel_logits[point_to_voxel], voxel_logits, voxel_coords, point_to_voxel, point_features)
+
 
 def build_model(config: ModelConfig) -> nn.Module:
     if config.backbone == "polar":

@@ -19,9 +19,9 @@ from m2s_perception.models.grid import (
     POINT_FEATURES,
     CylindricalGrid,
     PointEncoder,
+    occupied_cells,
     ravel_index,
     segment_max,
-    unique_inverse,
     unravel_index,
 )
 
@@ -136,7 +136,7 @@ class Cylinder3D(nn.Module):
         location = self.grid.locate(points)
         i, j, k = location.cell.unbind(1)
         shape = (batch_size, rho_bins, phi_bins, height_bins)
-        voxels, point_to_voxel = unique_inverse(ravel_index((batch_index, i, j, k), shape))
+        voxels, point_to_voxel = occupied_cells((batch_index, i, j, k), shape)
         voxel_coords = torch.stack(unravel_index(voxels, shape), dim=1)
 
         point_features = self.point_encoder(location.features)
@@ -146,12 +146,11 @@ class Cylinder3D(nn.Module):
         )
         with _single_thread_on_cpu(points.device):
             bottleneck, x, voxel_logits = self._sparse_unet(x)
-        return ModelOutput(
-            point_logits=voxel_logits[point_to_voxel],
-            voxel_logits=voxel_logits,
-            voxel_coords=voxel_coords,
-            point_to_voxel=point_to_voxel,
-            point_features={
+        return ModelOutput.from_voxels(
+            voxel_logits,
+            voxel_coords,
+            point_to_voxel,
+            {
                 "point_mlp": point_features,
                 "sparse_encoder": _coarse_features(bottleneck, voxel_coords, len(self.downs))[point_to_voxel],
                 "sparse_decoder": x.features[point_to_voxel],

@@ -95,6 +95,11 @@ def ravel_index(coords: Sequence[Tensor], shape: Sequence[int | Tensor]) -> Tens
     return index
 
 
+def occupied_cells(coords: Sequence[Tensor], shape: Sequence[int | Tensor]) -> tuple[Tensor, Tensor]:
+    """Sorted linear indices of the cells holding points, and per point the row of its cell among them."""
+    return unique_inverse(ravel_index(coords, shape))
+
+
 def unravel_index(index: Tensor, shape: Sequence[int | Tensor]) -> tuple[Tensor, ...]:
     """The inverse of :func:`ravel_index`: one coordinate tensor per axis of ``shape``."""
     coords = []

@@ -16,9 +16,8 @@ from m2s_perception.models.grid import (
     POINT_FEATURES,
     CylindricalGrid,
     PointEncoder,
-    ravel_index,
+    occupied_cells,
     segment_max,
-    unique_inverse,
     unravel_index,
 )
 
@@ -101,7 +100,7 @@ class PolarNet(nn.Module):
         location = self.grid.locate(points)
         i, j, k = location.cell.unbind(1)
         bev_shape = (batch_size, rho_bins, phi_bins)
-        cells, point_to_cell = unique_inverse(ravel_index((batch_index, i, j), bev_shape))
+        cells, point_to_cell = occupied_cells((batch_index, i, j), bev_shape)
 
         point_features = self.point_encoder(location.features)
         cell_features = self.compress(segment_max(point_features, point_to_cell, len(cells)))
@@ -116,16 +115,15 @@ class PolarNet(nn.Module):
         bottleneck_at_cells = bottleneck[cell_b, :, cell_i // stride, cell_j // stride]
         cell_logits = self.head(decoded_at_cells).view(len(cells), height_bins, -1)
 
-        voxels, point_to_voxel = unique_inverse(ravel_index((point_to_cell, k), (len(cells), height_bins)))
+        voxels, point_to_voxel = occupied_cells((point_to_cell, k), (len(cells), height_bins))
         voxel_cell, voxel_k = unravel_index(voxels, (len(cells), height_bins))
         voxel_logits = cell_logits[voxel_cell, voxel_k]
         voxel_coords = torch.stack([cell_b[voxel_cell], cell_i[voxel_cell], cell_j[voxel_cell], voxel_k], dim=1)
-        return ModelOutput(
-            point_logits=voxel_logits[point_to_voxel],
-            voxel_logits=voxel_logits,
-            voxel_coords=voxel_coords,
-            point_to_voxel=point_to_voxel,
-            point_features={
+        return ModelOutput.from_voxels(
+            voxel_logits,
+            voxel_coords,
+            point_to_voxel,
+            {
                 "point_mlp": point_features,
                 "bev_encoder": bottleneck_at_cells[point_to_cell],
                 "bev_decoder": decoded_at_cells[point_to_cell],
