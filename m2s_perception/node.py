@@ -36,8 +36,8 @@ from sensor_msgs.msg import PointCloud2, PointField
 
 from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
 from m2s_perception.pointcloud2 import CloudFormatError, decode_cloud, make_cloud
+from m2s_perception.resources import DEMO_CHECKPOINT
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_student.pt"
 STAGES = ("decode", "inference", "encode", "publish", "total")
 WARNING_PERIOD_S = 5.0  # one warning per problem kind per period
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
