@@ -166,7 +166,7 @@ class DistillConfig:
 
 @dataclass
 class TrainConfig:
-    label_map: str | None = None  # label map YAML; None = the packaged config/semantic-kitti.yaml
+    label_map: str | None = None  # label map YAML (relative: to the working directory); None = packaged
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -135,3 +135,19 @@ def test_num_classes_comes_from_the_label_map(tmp_path):
     config = load_config(write(tmp_path, f"label_map: {label_map}\n"))
     assert config.model.num_classes == 3
     assert config.load_label_map().class_names == ("unlabeled", "car", "road")
+
+
+def test_fusion_section_matches_the_fuser_arguments():
+    import dataclasses
+    import inspect
+
+    from m2s_training.config import FusionConfig
+    from m2s_training.fusion import MultiScanFuser
+
+    arguments = set(inspect.signature(MultiScanFuser).parameters) - {"label_map"}  # the run's label map
+    assert {f.name for f in dataclasses.fields(FusionConfig)} == arguments
+
+
+def test_the_demo_weights_training_config_loads():
+    config = load_config(REPO / "m2s_perception" / "weights" / "demo_student_train.yaml")
+    assert (config.model.width, config.model.grid_size) == (0.5, (120, 90, 16))  # what test_demo checks of the weights
