@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from m2s_perception.resources import DEMO_CHECKPOINT
+from m2s_perception.resources import DEMO_CHECKPOINT as DEMO_WEIGHTS
 from m2s_training.bag import use_loopback_dds
 
 
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m m2s_training.demo", description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for data, bags, PNGs, metrics")
-    parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, help="model to run (default: demo weights)")
+    parser.add_argument("--checkpoint", type=Path, default=DEMO_WEIGHTS, help="model to run (default: demo weights)")
     parser.add_argument("--scans", type=int, default=10, help="scans in the synthetic sequence")
     parser.add_argument("--preset", default="tiny", help="m2s-synth preset; the demo weights were trained on tiny")
     parser.add_argument("--seed", type=int, default=1, help="scene seed (the demo weights never saw seed 1)")

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from m2s_perception.checkpoint import load_model
-from m2s_perception.resources import DEMO_CHECKPOINT
-from m2s_training.demo import main
+from m2s_training.demo import DEMO_WEIGHTS, main
 
 MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
 
 
 def test_demo_weights_are_small_and_load_with_the_current_model_code():
-    assert DEMO_CHECKPOINT.stat().st_size < MAX_WEIGHTS_BYTES
-    model, config, _meta = load_model(DEMO_CHECKPOINT, "cpu")  # fails if the backbone's parameters changed
+    assert DEMO_WEIGHTS.stat().st_size < MAX_WEIGHTS_BYTES
+    model, config, _meta = load_model(DEMO_WEIGHTS, "cpu")  # fails if the backbone's parameters changed
     assert (config.backbone, config.width, config.grid_size) == ("polar", 0.5, (120, 90, 16))
     assert not model.training
 
