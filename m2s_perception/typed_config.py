@@ -26,23 +26,27 @@ class ConfigError(ValueError):
 def from_dict(cls: type[T], values: Any, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``values``; unknown keys and wrong types raise :class:`ConfigError`.
 
-    Missing keys take the dataclass defaults. ``where`` prefixes messages (e.g. the file name).
+    Missing keys take the dataclass defaults. ``where`` is the dotted path of ``values`` in messages
+    ("" for the root of a tree: its keys are then named bare, ``optim.lr``).
     Errors raised by the dataclass's own ``__post_init__`` checks are re-raised as ConfigError.
     """
+    label = where or "config"
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {_describe(values)}")
+        raise ConfigError(f"{label}: expected a mapping, got {_describe(values)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(str(k) for k in set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(fields)}")
-    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in values.items()}
+        raise ConfigError(f"{label}: unknown keys {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs = {
+        name: _convert(hints[name], value, f"{where}.{name}" if where else name) for name, value in values.items()
+    }
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{where}: {err}") from None
+        raise ConfigError(f"{label}: {err}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

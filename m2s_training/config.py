@@ -192,7 +192,10 @@ _MOVED |= {"seed": "train.seed", "amp": "train.amp"}
 
 
 def config_from_dict(doc: Any, where: str = "config") -> TrainConfig:
-    """The typed config of a YAML mapping; model.num_classes is filled in from the label map."""
+    """The typed config of a YAML mapping; model.num_classes is filled in from the label map.
+
+    ``where`` (e.g. the file) prefixes every message: ``train.yaml: optim.lr: expected a number``.
+    """
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: expected a mapping of config sections, got {type(doc).__name__}")
     moved = [f"{old} is now {new}" for old, new in _MOVED.items() if old in doc]
@@ -203,15 +206,18 @@ def config_from_dict(doc: Any, where: str = "config") -> TrainConfig:
     doc = {**doc, "model": dict(doc.get("model") or {})}
     label_map_path = doc.get("label_map")
     if label_map_path is not None and not isinstance(label_map_path, str):
-        raise ConfigError(f"{where}.label_map: expected a path string, got {type(label_map_path).__name__}")
+        raise ConfigError(f"{where}: label_map: expected a path string, got {type(label_map_path).__name__}")
     num_classes = load_label_map(label_map_path).num_classes
     given = doc["model"].setdefault("num_classes", num_classes)
     if given != num_classes:
         raise ConfigError(
-            f"{where}.model.num_classes: {given}, but the label map {label_map_path or '(packaged)'} has "
+            f"{where}: model.num_classes: {given}, but the label map {label_map_path or '(packaged)'} has "
             f"{num_classes} classes; leave num_classes out, it comes from the label map"
         )
-    return from_dict(TrainConfig, doc, where)
+    try:
+        return from_dict(TrainConfig, doc, "")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def load_config(path: str | Path, values: dict[str, Any] | None = None) -> TrainConfig:
