@@ -3,7 +3,8 @@
 For each mode (student; distill with every term on, the sampled affinity terms included) one run goes
 through uninterrupted; then each trial starts the same run, SIGKILLs it at a random moment of its life
 (start-up, a step, a checkpoint or log write) ``--kills`` times, resuming after each kill (starting
-afresh when no checkpoint was written yet), and lets the last attempt finish. A trial passes when the
+afresh when no checkpoint was written yet), and lets the last attempt finish (a trial whose run
+finished before all its kills is repeated with kill moments drawn from a shorter span). A trial passes when the
 final weights (model and distillation adapters) equal the uninterrupted run's bit for bit and the run
 folder holds no temporaries. Prints a table and writes ``OUT/kill_resume.json``::
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -94,8 +96,15 @@ def bench_mode(mode: str, args: argparse.Namespace, data: Path, teacher: Path) -
     rng = random.Random(args.seed)
     trials = []
     for number in range(args.trials):
-        result = trial(command, folder / f"trial{number}", lifetime, args.kills, rng)
-        final = weights(folder / f"trial{number}")
+        out = folder / f"trial{number}"
+        while True:
+            result = trial(command, out, lifetime, args.kills, rng)
+            if len(result["killed_after_checkpoint_step"]) == args.kills:
+                break
+            # the run finished before all its kills: draw the moments from a shorter life, start again
+            lifetime /= 2
+            shutil.rmtree(out)
+        final = weights(out)
         result["identical"] = final.keys() == reference.keys() and all(
             torch.equal(final[k], reference[k]) for k in reference
         )

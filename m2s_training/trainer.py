@@ -103,7 +103,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         # the extra loss's trainable parameters (distillation adapters) are optimised with the model
-        self.extra_params = [p for p in self.extra_loss.parameters() if p.requires_grad] if self.extra_loss else []
+        self.extra_params = []
+        if self.extra_loss is not None:
+            self.extra_params = [p for p in self.extra_loss.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             [*self.model.parameters(), *self.extra_params], lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
