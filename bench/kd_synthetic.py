@@ -33,24 +33,23 @@ cross-entropy (0: input only).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
 from m2s_training.atomic import write_text_atomic
+from m2s_training.config import TrainConfig, load_config, override, parse_overrides
 from m2s_training.data.semantic_kitti import Sequence
 from m2s_training.evaluate import evaluate
 from m2s_training.fusion import MultiScanFuser
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 from m2s_training.synth import generate
-from m2s_training.trainer import TrainConfig, Trainer, load_config
+from m2s_training.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "config"
 TEACHER_CONFIG = CONFIGS / "teacher_polar_synthetic.yaml"
@@ -95,37 +94,18 @@ def bench_config(
     path: Path, args: argparse.Namespace, seed: int, steps: int, width: float | None = None
 ) -> TrainConfig:
     """The YAML config with the bench's budget: grid, widths, steps, one validation at the end."""
-    config = load_config(path)
-    model = dataclasses.replace(config.model, grid_size=tuple(args.grid))
+    values = {"model.grid_size": list(args.grid)}
     if width is not None:
-        model = dataclasses.replace(model, width=width)
+        values["model.width"] = width
     if not args.full_width:
-        model = dataclasses.replace(model, point_channels=(32, 64), base_channels=16, levels=3)
+        values |= {"model.point_channels": [32, 64], "model.base_channels": 16, "model.levels": 3}
     # The trainer's own end-of-run validation only feeds its log; the bench scores every scan itself.
-    data = dataclasses.replace(config.data, num_workers=0, max_val_scans=2)
-    distill = config.distill
-    if distill is not None:
-        distill = {**distill, **{key: yaml.safe_load(value) for key, value in map(_key_value, args.distill)}}
-    optim = dataclasses.replace(config.optim, warmup_steps=min(config.optim.warmup_steps, steps // 8))
-    return dataclasses.replace(
-        config,
-        model=model,
-        data=data,
-        optim=optim,
-        distill=distill,
-        epochs=10_000,  # max_steps is the budget
-        max_steps=steps,
-        val_every=steps,
-        checkpoint_every=steps,
-        seed=seed,
-    )
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"--distill expects KEY=VALUE, got {text!r}")
-    return key, value
+    values |= {"data.num_workers": 0, "data.max_val_scans": 2}
+    values |= {"train.epochs": 10_000, "train.max_steps": steps, "train.val_every": steps}  # max_steps: the budget
+    values |= {"train.checkpoint_every": steps, "train.seed": seed}
+    values |= {f"distill.{key}": value for key, value in parse_overrides(args.distill).items()}
+    config = load_config(path, values)
+    return override(config, {"optim.warmup_steps": min(config.optim.warmup_steps, steps // 8)})
 
 
 def train(config: TrainConfig, data: Path, out: Path, mode: str, device: str, teacher: Path | None = None) -> dict:
@@ -135,7 +115,8 @@ def train(config: TrainConfig, data: Path, out: Path, mode: str, device: str, te
         print(f"reusing {checkpoint}")
         return {"checkpoint": checkpoint, "minutes": None}
     started = time.monotonic()
-    Trainer(config, data, out, mode, teacher, device).fit()
+    config = override(config, {"train.mode": mode, "train.teacher": str(teacher) if teacher else None})
+    Trainer(config, data, out, device).fit()
     return {"checkpoint": checkpoint, "minutes": round((time.monotonic() - started) / 60, 2)}
 
 
@@ -180,8 +161,7 @@ def run(args: argparse.Namespace) -> dict:
         runs = args.out / f"seed{seed}"
         teacher_config = bench_config(TEACHER_CONFIG, args, seed, args.teacher_steps or args.steps)
         if args.fused_weight is not None:
-            loss = dataclasses.replace(teacher_config.loss, fused_weight=args.fused_weight)
-            teacher_config = dataclasses.replace(teacher_config, loss=loss)
+            teacher_config = override(teacher_config, {"loss.fused_weight": args.fused_weight})
         student_config = bench_config(STUDENT_CONFIG, args, seed, args.steps, args.student_width)
         trained = {"teacher": train(teacher_config, data, runs / "teacher", "teacher", args.device)}
         trained["student"] = train(student_config, data, runs / "student", "student", args.device)
@@ -191,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
         for name, info in trained.items():
             metrics = evaluate(info["checkpoint"], data, "val", runs / name / "eval", args.device)
             results[name][seed] = {**summarise(metrics), "train_minutes": info["minutes"]}
-        fuser = MultiScanFuser(**teacher_config.fusion)
+        fuser = MultiScanFuser(**vars(teacher_config.fusion))
         fused = evaluate_fused(trained["teacher"]["checkpoint"], data, fuser, args.device)
         results["teacher_fused_input"][seed] = summarise(fused.to_dict(load_label_map()))
     return results

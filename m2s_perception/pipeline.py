@@ -26,8 +26,8 @@ import numpy as np
 
 from m2s_perception.labels import IGNORE_ID, LabelMap
 from m2s_perception.pointcloud2 import DATATYPE_TO_DTYPE, FLOAT32, UINT16, CloudFormatError, decode_cloud, make_cloud
+from m2s_perception.resources import DEMO_CHECKPOINT
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_student.pt"
 PRECISIONS = {"auto": None, "fp16": True, "fp32": False}
 # Why a scan was skipped: a fixed set, so counters and warning throttles stay bounded whatever senders send.
 REJECTION_KINDS = ("too_large", "bad_format", "empty", "no_finite_points")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 PACKAGE_NAME = "m2s_perception"
 _PACKAGE_DIR = Path(__file__).resolve().parent
+# The packaged demo weights (package data, beside the code): the node's default model and `make demo`'s.
+DEMO_CHECKPOINT = _PACKAGE_DIR / "weights" / "demo_student.pt"
 
 
 def _candidate_roots() -> list[Path]:

@@ -30,6 +30,19 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def remove_stale_temporaries(final: str | Path) -> list[Path]:
+    """Remove the temporary directories that :func:`atomic_path` left beside ``final`` when its process
+    was killed (SIGKILL skips the cleanup). Call it only where no other process is writing ``final``."""
+    final = Path(final)
+    removed = []
+    for stale in final.parent.glob(f".{final.name}.*"):
+        # mkdtemp's suffix is 8 characters; anything else with this prefix is not ours to delete
+        if stale.is_dir() and not stale.is_symlink() and len(stale.name) == len(final.name) + 10:
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
 def write_bytes_atomic(final: str | Path, data: bytes | memoryview) -> None:
     with atomic_path(final) as tmp, open(tmp, "wb") as f:
         f.write(data)

@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from m2s_perception.resources import DEMO_CHECKPOINT as DEMO_WEIGHTS
 from m2s_training.bag import use_loopback_dds
-
-DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "m2s_perception" / "weights" / "demo_student.pt"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,10 +21,7 @@ after each scan's own points. Terms (each weighted in the YAML, 0 disables it, l
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,78 +30,11 @@ from torch import Tensor, nn
 from m2s_perception.checkpoint import load_model
 from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
 from m2s_perception.models import ModelConfig, ModelOutput, build_model
+from m2s_perception.models.grid import ravel_index
+from m2s_training.config import DistillConfig
 from m2s_training.data.dataset import Batch
 
-LOSS_NAMES = (
-    "kd_feature",
-    "kd_logit_point",
-    "kd_logit_voxel",
-    "kd_instance_affinity",
-    "kd_point_affinity",
-    "kd_voxel_affinity",
-)
-
-
-@dataclass
-class DistillConfig:
-    """The ``distill:`` section of a training YAML."""
-
-    # weights; 0 turns a term off
-    feature: float = 1.0
-    logit_point: float = 1.0
-    logit_voxel: float = 0.5
-    instance_affinity: float = 1.0
-    point_affinity: float = 0.0  # PVKD
-    voxel_affinity: float = 0.0  # PVKD
-    temperature: float = 2.0
-    feature_names: tuple[str, ...] = ("bev_decoder",)  # point_features keys distilled through adapters
-    affinity_feature: str = "bev_decoder"  # point_features key of the affinity terms
-    affinity_max_points: int = 32  # K: points (voxels) sampled per instance (supervoxel)
-    hard_classes: tuple[str, ...] | None = None  # None: the label map's hard classes
-    supervoxel_cells: tuple[int, int, int] = (16, 16, 4)  # supervoxel size in grid cells (rho, phi, z)
-    supervoxels_sampled: int = 24  # per batch
-    rare_class_power: float = 0.5  # supervoxel weight grows as (max class count / class count) ** power
-    far_weight: float = 1.0  # … and as 1 + far_weight · distance / farthest distance
-    ramp_steps: int = 0  # weights rise linearly from 0 over the first N steps: the student learns the task first
-    # Point KL weighted per point by the task loss's class weight of its label (unlabelled points: 1),
-    # so rare classes count in the soft targets as much as in the class-weighted cross-entropy.
-    class_weighted_logits: bool = False
-
-    def __post_init__(self) -> None:
-        self.feature_names = tuple(self.feature_names)
-        self.supervoxel_cells = tuple(int(v) for v in self.supervoxel_cells)
-        if self.hard_classes is not None:
-            self.hard_classes = tuple(self.hard_classes)
-        if self.temperature <= 0:
-            raise ValueError(f"distill.temperature must be positive, got {self.temperature}")
-        if self.affinity_max_points < 2:
-            raise ValueError(f"distill.affinity_max_points must be >= 2, got {self.affinity_max_points}")
-        if self.ramp_steps < 0:
-            raise ValueError(f"distill.ramp_steps must be >= 0, got {self.ramp_steps}")
-        if len(self.supervoxel_cells) != 3 or min(self.supervoxel_cells) < 1:
-            raise ValueError(f"distill.supervoxel_cells must be three positive sizes, got {self.supervoxel_cells}")
-        weights = {name: self.weight(name) for name in LOSS_NAMES}
-        negative = [name for name, w in weights.items() if w < 0]
-        if negative:
-            raise ValueError(f"distill weights must be >= 0: {', '.join(negative)}")
-
-    def weight(self, loss_name: str) -> float:
-        return float(getattr(self, loss_name.removeprefix("kd_")))
-
-    def ramp(self, step: int | None) -> float:
-        """Factor on every weight at optimisation step ``step`` (0-based; None: fully on)."""
-        if step is None or self.ramp_steps == 0:
-            return 1.0
-        return min(1.0, (step + 1) / self.ramp_steps)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> DistillConfig:
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown distill config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+LOSS_NAMES = tuple(DistillConfig().weights())  # kd_feature, kd_logit_point, …, kd_voxel_affinity
 
 
 # --- the loss terms, on plain tensors --------------------------------------------------------------
@@ -136,15 +66,8 @@ def kl_distillation(
 def match_voxels(student_coords: Tensor, teacher_coords: Tensor) -> tuple[Tensor, Tensor]:
     """Rows (student, teacher) of voxels present in both, matched by (batch, i, j, k)."""
     extent = torch.cat([student_coords, teacher_coords]).amax(dim=0) + 1
-
-    def encode(coords: Tensor) -> Tensor:
-        key = coords[:, 0]
-        for axis in range(1, coords.shape[1]):
-            key = key * extent[axis] + coords[:, axis]
-        return key
-
-    teacher_keys, teacher_order = torch.sort(encode(teacher_coords))
-    student_keys = encode(student_coords)
+    teacher_keys, teacher_order = torch.sort(ravel_index(teacher_coords.unbind(1), extent))
+    student_keys = ravel_index(student_coords.unbind(1), extent)
     position = torch.searchsorted(teacher_keys, student_keys).clamp_max(max(len(teacher_keys) - 1, 0))
     if len(teacher_keys) == 0:
         empty = student_coords.new_zeros(0)
@@ -153,17 +76,20 @@ def match_voxels(student_coords: Tensor, teacher_coords: Tensor) -> tuple[Tensor
     return found.nonzero().squeeze(1), teacher_order[position[found]]
 
 
-def group_affinity_distillation(student: Tensor, teacher: Tensor, groups: Tensor, max_per_group: int) -> Tensor:
+def group_affinity_distillation(
+    student: Tensor, teacher: Tensor, groups: Tensor, max_per_group: int, generator: torch.Generator | None = None
+) -> Tensor:
     """Mean squared difference of within-group cosine-similarity matrices (student vs teacher).
 
     ``groups`` (N,) long: group of each row, -1 for rows in no group. At most ``max_per_group``
-    random rows per group are compared; the diagonal (always 1) is left out.
+    random rows per group (drawn from ``generator``, default the global RNG) are compared; the
+    diagonal (always 1) is left out.
     """
     rows = (groups >= 0).nonzero().squeeze(1)
     if len(rows) < 2:
         return student.sum() * 0.0
     # Sorting by group + a random fraction shuffles rows within each group; take each group's first K.
-    jitter = torch.rand(len(rows), device=groups.device, dtype=torch.float64)
+    jitter = torch.rand(len(rows), device=groups.device, dtype=torch.float64, generator=generator)
     order = torch.argsort(groups[rows].double() + jitter)
     rows = rows[order]
     _, group, counts = torch.unique_consecutive(groups[rows], return_inverse=True, return_counts=True)
@@ -205,8 +131,7 @@ def supervoxel_of_voxels(voxel_coords: Tensor, cells: tuple[int, int, int]) -> T
         voxel_coords[:, 1:], torch.tensor(cells, device=voxel_coords.device), rounding_mode="floor"
     )
     extent = block.amax(dim=0) + 1
-    key = ((block[:, 0] * extent[1] + block[:, 1]) * extent[2] + block[:, 2]) * extent[3] + block[:, 3]
-    return torch.unique(key, return_inverse=True)[1]
+    return torch.unique(ravel_index(block.unbind(1), extent), return_inverse=True)[1]
 
 
 def difficulty_weights(
@@ -231,12 +156,12 @@ def difficulty_weights(
     return weights.scatter_reduce(0, point_supervoxel, point_weight, reduce="amax", include_self=False)
 
 
-def sample_supervoxels(weights: Tensor, count: int) -> Tensor:
+def sample_supervoxels(weights: Tensor, count: int, generator: torch.Generator | None = None) -> Tensor:
     """Boolean mask of ``count`` supervoxels drawn without replacement, proportionally to ``weights``."""
     chosen = torch.zeros(len(weights), dtype=torch.bool, device=weights.device)
     if len(weights) == 0 or count <= 0:
         return chosen
-    chosen[torch.multinomial(weights, min(count, len(weights)), replacement=False)] = True
+    chosen[torch.multinomial(weights, min(count, len(weights)), replacement=False, generator=generator)] = True
     return chosen
 
 
@@ -260,6 +185,7 @@ class Distiller(nn.Module):
         teacher_widths: dict[str, int],
         label_map: LabelMap | None = None,
         class_weights: Tensor | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.config = config
@@ -282,6 +208,9 @@ class Distiller(nn.Module):
                 for name in config.feature_names
             }
         )
+        # Instance and supervoxel sampling draw from this generator (its state goes into last.pt), not from
+        # the global RNG, so a resumed run samples what an uninterrupted one would.
+        self.generator = torch.Generator(next(teacher.parameters()).device).manual_seed(seed)
         label_map = label_map or load_label_map()
         self.num_classes = label_map.num_classes
         self.register_buffer("hard_ids", torch.tensor(label_map.hard_class_ids(config.hard_classes)), persistent=False)
@@ -331,8 +260,8 @@ class Distiller(nn.Module):
             )
         if self._uses_affinity():
             terms.update(self._affinity_terms(batch, own, output, teacher_out))
-        ramp = c.ramp(step)
-        return {name: value * (c.weight(name) * ramp) for name, value in terms.items()}
+        ramp, weights = c.ramp(step), c.weights()
+        return {name: value * (weights[name] * ramp) for name, value in terms.items()}
 
     def _affinity_terms(self, batch: Batch, own: Tensor, output: ModelOutput, teacher_out: ModelOutput) -> dict:
         c = self.config
@@ -343,7 +272,7 @@ class Distiller(nn.Module):
         if c.instance_affinity > 0:
             groups = instance_groups(batch_index, labels, batch.instance[own], self.hard_ids)
             terms["kd_instance_affinity"] = group_affinity_distillation(
-                student_features, teacher_features, groups, c.affinity_max_points
+                student_features, teacher_features, groups, c.affinity_max_points, self.generator
             )
         if c.point_affinity > 0 or c.voxel_affinity > 0:
             voxel_supervoxel = supervoxel_of_voxels(output.voxel_coords, c.supervoxel_cells)
@@ -353,11 +282,11 @@ class Distiller(nn.Module):
             weights = difficulty_weights(
                 point_supervoxel, num_supervoxels, labels, distance, self.num_classes, c.rare_class_power, c.far_weight
             )
-            chosen = sample_supervoxels(weights, c.supervoxels_sampled)
+            chosen = sample_supervoxels(weights, c.supervoxels_sampled, self.generator)
             if c.point_affinity > 0:
                 groups = torch.where(chosen[point_supervoxel], point_supervoxel, -1)
                 terms["kd_point_affinity"] = group_affinity_distillation(
-                    student_features, teacher_features, groups, c.affinity_max_points
+                    student_features, teacher_features, groups, c.affinity_max_points, self.generator
                 )
             if c.voxel_affinity > 0:
                 num_voxels = len(output.voxel_coords)
@@ -365,7 +294,7 @@ class Distiller(nn.Module):
                 teacher_voxels = segment_mean(teacher_features, output.point_to_voxel, num_voxels)
                 groups = torch.where(chosen[voxel_supervoxel], voxel_supervoxel, -1)
                 terms["kd_voxel_affinity"] = group_affinity_distillation(
-                    student_voxels, teacher_voxels, groups, c.affinity_max_points
+                    student_voxels, teacher_voxels, groups, c.affinity_max_points, self.generator
                 )
         return terms
 
@@ -398,29 +327,26 @@ def check_same_grid(teacher: ModelConfig, student: ModelConfig) -> None:
 
 
 def build_distiller(
-    config: DistillConfig | dict[str, Any] | None,
+    config: DistillConfig | None,
     teacher_ckpt: str | Path,
     student_config: ModelConfig,
     device: str | torch.device = "auto",
     class_weights: Tensor | None = None,
+    label_map: LabelMap | None = None,
+    seed: int = 0,
 ) -> Distiller:
-    """The trainer's ``extra_loss`` for ``m2s-train --mode distill --teacher CKPT``.
-
-    ``config`` is a :class:`DistillConfig`, its YAML mapping, or a whole training config mapping
-    holding a ``distill:`` section.
-    """
-    if not isinstance(config, DistillConfig):
-        values = dict(config or {})
-        config = DistillConfig.from_dict(values.get("distill", values))
+    """The trainer's ``extra_loss`` for ``m2s-train --mode distill --teacher CKPT`` (None: default config)."""
     teacher, teacher_config, _ = load_model(teacher_ckpt, device)
     check_same_grid(teacher_config, student_config)
     device = next(teacher.parameters()).device
     probe_student = build_model(student_config).to(device)
     distiller = Distiller(
         teacher,
-        config,
+        config or DistillConfig(),
         feature_widths(probe_student, device),
         feature_widths(teacher, device),
+        label_map=label_map,
         class_weights=class_weights,
+        seed=seed,
     )
     return distiller.to(device)

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from m2s_perception.checkpoint import CheckpointError
+from m2s_perception.checkpoint import CheckpointError, read_checkpoint
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import LabelMap, load_label_map
-from m2s_training.atomic import atomic_path, write_text_atomic
-from m2s_training.data.semantic_kitti import KittiFormatError, Sequence, split_sequences, write_prediction
+from m2s_training.atomic import write_text_atomic
+from m2s_training.data.semantic_kitti import KittiFormatError, Sequence, existing_split, write_prediction
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
+from m2s_training.reporting import plot_iou
 
 
 def evaluate(
@@ -38,19 +39,19 @@ def evaluate(
     out: str | Path,
     device: str = "auto",
     max_scans: int | None = None,
+    label_map: str | Path | None = None,
 ) -> dict:
-    """Predict, write predictions and metrics; return the metrics dict that went to metrics.json."""
-    label_map = load_label_map()
+    """Predict, write predictions and metrics; return the metrics dict that went to metrics.json.
+
+    ``label_map``: the label map YAML the checkpoint was trained with (None: the packaged one).
+    """
+    label_map_path, label_map = label_map, load_label_map(label_map)
     out = Path(out)
-    if not (Path(data) / "sequences").is_dir():
-        raise KittiFormatError(f"{data}: no sequences/ folder (expected SemanticKITTI layout ROOT/sequences/XX)")
-    sequences = [Sequence(data, name) for name in split_sequences(data, split, label_map)]
-    if not sequences:
-        wanted = " ".join(label_map.sequences(split))
-        raise KittiFormatError(f"{data}/sequences: none of the {split} sequences ({wanted}) exist")
+    sequences = [Sequence(data, name) for name in existing_split(data, split, label_map)]
     for seq in sequences:
         if not seq.has_labels:
             raise KittiFormatError(f"{seq.path / 'labels'}: evaluation needs ground-truth labels")
+    check_class_names(checkpoint, label_map, label_map_path)
     segmenter = Segmenter.from_checkpoint(checkpoint, device)
     scans = [(seq, i) for seq in sequences for i in range(len(seq))][:max_scans]
 
@@ -80,29 +81,14 @@ def evaluate(
     return result
 
 
-def plot_iou(metrics: SegmentationMetrics, label_map: LabelMap, path: Path, title: str = "") -> None:
-    """Horizontal bars of IoU per class in the class colours, with the mIoU as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ids = list(range(1, len(metrics.iou)))
-    names = [label_map.class_names[c] for c in ids]
-    colours = label_map.train_rgb[ids] / 255.0
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.barh(names, metrics.iou[ids], color=colours, edgecolor="black", linewidth=0.5)
-    ax.axvline(metrics.miou, color="black", linestyle="--", label=f"mIoU {metrics.miou:.3f}")
-    for y, value in enumerate(metrics.iou[ids]):
-        # a white box keeps the value readable where it crosses the mIoU line
-        ax.text(value + 0.01, y, f"{value:.2f}", va="center", fontsize=8, bbox=dict(fc="white", ec="none", pad=0.5))
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1.08), xlabel="IoU", title=title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+def check_class_names(checkpoint: str | Path, label_map: LabelMap, label_map_path: str | Path | None) -> None:
+    """Refuse a checkpoint trained for other classes before any scan is scored with the wrong names."""
+    names = read_checkpoint(checkpoint).get("class_names")
+    if names is not None and tuple(names) != label_map.class_names:
+        raise CheckpointError(
+            f"{checkpoint}: trained for classes {', '.join(names)}, but the label map "
+            f"{label_map_path or '(packaged)'} has {', '.join(label_map.class_names)}; pass --label-map"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,9 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max-scans", type=int, help="evaluate only the first N scans of the split")
+    parser.add_argument("--label-map", help="label map YAML the checkpoint was trained with (default: packaged)")
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans)
+        result = evaluate(args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans, args.label_map)
     except (FileNotFoundError, KittiFormatError, CheckpointError, KeyError) as err:
         sys.exit(f"m2s-eval: {err}")
     print(f"mIoU {result['miou']:.4f}  accuracy {result['accuracy']:.4f}  hard mIoU {result['hard_miou']:.4f}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2s_perception.models import ModelConfig, ModelOutput, build_model
+from m2s_perception.typed_config import from_dict
 from m2s_training.checkpoint import save_checkpoint
 from m2s_training.data.dataset import Batch
 from m2s_training.distill import (
@@ -132,9 +133,10 @@ def test_supervoxels_and_difficulty_aware_sampling():
 
 
 def test_config_validates_keys_and_values():
-    assert DistillConfig.from_dict({"feature": 2.0}).weight("kd_feature") == 2.0
-    with pytest.raises(ValueError, match="unknown distill config keys: bogus"):
-        DistillConfig.from_dict({"bogus": 1})
+    assert from_dict(DistillConfig, {"feature": 2.0}).weights()["kd_feature"] == 2.0
+    assert set(DistillConfig().weights()) == set(LOSS_NAMES)
+    with pytest.raises(ValueError, match="unknown keys bogus"):
+        from_dict(DistillConfig, {"bogus": 1}, "distill")
     with pytest.raises(ValueError, match="must be >= 0"):
         DistillConfig(logit_point=-1.0)
 
@@ -212,10 +214,10 @@ def test_ramp_scales_every_term_linearly_over_the_first_steps():
     distiller = _distiller(teacher, student, ramp_steps=4, **ALL_TERMS)
     batch = _batch(fused_per_cloud=30)
     output = _student_output(student, batch)
-    torch.manual_seed(1)  # the affinity terms sample points and supervoxels: the same draws each call
+    distiller.generator.manual_seed(1)  # the affinity terms sample points and supervoxels: the same draws
     full = distiller(batch, output)  # no step: fully on
     for step, factor in [(0, 0.25), (2, 0.75), (3, 1.0), (100, 1.0)]:
-        torch.manual_seed(1)
+        distiller.generator.manual_seed(1)
         ramped = distiller(batch, output, step=step)
         for name, value in ramped.items():
             assert value.item() == pytest.approx(factor * full[name].item(), rel=1e-5), (name, step)
@@ -332,7 +334,7 @@ def test_build_distiller_from_checkpoint(tmp_path):
     teacher_config = ModelConfig(**TINY)
     save_checkpoint(tmp_path / "teacher.pt", build_model(teacher_config), teacher_config)
     distiller = build_distiller(
-        {"distill": {"feature_names": ["bev_decoder", "point_mlp"]}},
+        DistillConfig(feature_names=("bev_decoder", "point_mlp")),
         tmp_path / "teacher.pt",
         ModelConfig(width=0.5, **TINY),
         device="cpu",
@@ -344,7 +346,7 @@ def test_build_distiller_from_checkpoint(tmp_path):
         build_distiller(None, tmp_path / "teacher.pt", other_grid, device="cpu")
     with pytest.raises(ValueError, match="no point_features"):
         build_distiller(
-            {"feature_names": ["nope"]}, tmp_path / "teacher.pt", other_grid.__class__(**TINY), device="cpu"
+            DistillConfig(feature_names=("nope",)), tmp_path / "teacher.pt", other_grid.__class__(**TINY), device="cpu"
         )
 
 
@@ -352,30 +354,26 @@ def test_build_distiller_from_checkpoint(tmp_path):
 def test_teacher_then_distill_through_the_trainer_on_synthetic_data(tmp_path):
     """m2s-train's path end to end: a fused-input teacher, then a student distilled from it."""
     import csv
-    import dataclasses
     from pathlib import Path
 
     from m2s_perception.checkpoint import read_checkpoint
+    from m2s_training.config import load_config
     from m2s_training.synth import generate
-    from m2s_training.trainer import Trainer, load_config
+    from m2s_training.trainer import Trainer
 
     generate(tmp_path / "data", ["00", "08"], preset="tiny", scans=6, seed=0)
     config_dir = Path(__file__).resolve().parent.parent / "config"
 
-    def shrink(name: str):
-        config = load_config(config_dir / name)
-        model = dataclasses.replace(config.model, **TINY)
-        data = dataclasses.replace(config.data, num_workers=0, max_val_scans=2)
-        return dataclasses.replace(config, model=model, data=data, max_steps=3, val_every=3, checkpoint_every=3)
+    def shrink(name: str, **values):
+        budget = {"data.num_workers": 0, "data.max_val_scans": 2, "train.max_steps": 3, "train.val_every": 3}
+        budget |= {"train.checkpoint_every": 3, **{f"model.{key}": value for key, value in TINY.items()}}
+        return load_config(config_dir / name, {**budget, **values})
 
-    Trainer(
-        shrink("teacher_polar_synthetic.yaml"), tmp_path / "data", tmp_path / "teacher", "teacher", None, "cpu"
-    ).fit()
+    Trainer(shrink("teacher_polar_synthetic.yaml"), tmp_path / "data", tmp_path / "teacher", "cpu").fit()
     teacher_ckpt = tmp_path / "teacher" / "last.pt"
     before = read_checkpoint(teacher_ckpt)["state_dict"]
-    trainer = Trainer(
-        shrink("distill_polar_synthetic.yaml"), tmp_path / "data", tmp_path / "student", "distill", teacher_ckpt, "cpu"
-    )
+    config = shrink("distill_polar_synthetic.yaml", **{"train.mode": "distill", "train.teacher": str(teacher_ckpt)})
+    trainer = Trainer(config, tmp_path / "data", tmp_path / "student", "cpu")
     assert trainer.train_set[5].is_fused.any()  # the teacher's input carries the previous scans' instances
     assert trainer.extra_loss.config.class_weighted_logits  # the config's choice, with the task loss's weights
     torch.testing.assert_close(trainer.extra_loss.label_weights[1:].cpu(), trainer.class_weights[1:])

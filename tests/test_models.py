@@ -212,3 +212,13 @@ def test_cuda_matches_cpu(backbone: str):
         gpu_points, batch_index, batch_size = single(points.cuda())
         gpu = model(gpu_points, batch_index.cuda(), batch_size).point_logits.cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
+
+
+def test_ravel_and_unravel_index_by_hand():
+    from m2s_perception.models.grid import ravel_index, unravel_index
+
+    b, i, j = torch.tensor([1, 0, 1]), torch.tensor([2, 1, 0]), torch.tensor([3, 0, 1])
+    index = ravel_index((b, i, j), (2, 3, 4))
+    assert index.tolist() == [1 * 12 + 2 * 4 + 3, 0 * 12 + 1 * 4 + 0, 1 * 12 + 0 * 4 + 1]  # row-major
+    assert [c.tolist() for c in unravel_index(index, (2, 3, 4))] == [b.tolist(), i.tolist(), j.tolist()]
+    assert unravel_index(torch.tensor([7]), (None, 4))[0].tolist() == [1]  # the first axis's size is not needed

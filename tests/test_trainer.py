@@ -1,9 +1,12 @@
 """The one trainer on a tiny synthetic sequence: the loss falls, resume is exact, DDP on 2 CPU processes."""
 
 import dataclasses
+import json
 import os
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +16,22 @@ import yaml
 
 from m2s_perception.checkpoint import read_checkpoint
 from m2s_perception.inference import Segmenter
-from m2s_perception.models import ModelConfig
+from m2s_perception.models import ModelConfig, build_model
+from m2s_training.checkpoint import save_checkpoint
+from m2s_training.config import (
+    DataConfig,
+    DistillConfig,
+    LoopConfig,
+    OptimConfig,
+    TrainConfig,
+    config_to_dict,
+    load_config,
+    override,
+)
 from m2s_training.data.dataset import AugmentConfig
+from m2s_training.reporting import CsvLog
 from m2s_training.synth import generate
-from m2s_training.trainer import CsvLog, DataConfig, OptimConfig, TrainConfig, Trainer, config_to_dict, load_config
+from m2s_training.trainer import RUN_FILES, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +44,8 @@ def synth(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_config(backbone: str = "polar", **overrides) -> TrainConfig:
+def tiny_config(backbone: str = "polar", **values) -> TrainConfig:
+    """A few-second CPU run; ``values``: dotted keys with "__" for "." (train__max_steps=6)."""
     model = ModelConfig(
         backbone=backbone,
         width=0.25,
@@ -42,15 +58,12 @@ def tiny_config(backbone: str = "polar", **overrides) -> TrainConfig:
     no_augment = AugmentConfig(rotate=False, flip=False, scale=(1.0, 1.0), jitter_std=0.0)
     config = TrainConfig(
         model=model,
-        data=DataConfig(batch_size=2, num_workers=0, augment=no_augment, max_train_points=4000),
+        data=DataConfig(batch_size=2, num_workers=0, max_train_points=4000),
+        augment=no_augment,
         optim=OptimConfig(lr=0.03, warmup_steps=1, min_lr_ratio=0.3),
-        epochs=100,
-        max_steps=12,
-        val_every=0,
-        checkpoint_every=1000,
-        log_every=2,
+        train=LoopConfig(epochs=100, max_steps=12, val_every=0, checkpoint_every=1000, log_every=2),
     )
-    return dataclasses.replace(config, **overrides)
+    return override(config, {key.replace("__", "."): value for key, value in values.items()})
 
 
 def train_losses(out: Path) -> list[float]:
@@ -85,15 +98,13 @@ def test_polar_student_loss_falls_and_writes_a_run(synth, tmp_path):
 def test_cylinder_loss_falls(synth, tmp_path):
     pytest.importorskip("spconv")
     out = tmp_path / "run"
-    Trainer(tiny_config("cylinder", max_steps=10), synth, out, device="cpu").fit()
+    Trainer(tiny_config("cylinder", train__max_steps=10), synth, out, device="cpu").fit()
     losses = train_losses(out)
     assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_resume_continues_exactly(synth, tmp_path):
-    config = tiny_config(
-        max_steps=6, val_every=0, data=dataclasses.replace(tiny_config().data, augment=AugmentConfig())
-    )
+    config = dataclasses.replace(tiny_config(train__max_steps=6), augment=AugmentConfig())
     straight = Trainer(config, synth, tmp_path / "straight", device="cpu")
     straight.fit()
 
@@ -119,15 +130,15 @@ def test_resume_continues_exactly(synth, tmp_path):
     assert [resumed_log[2], resumed_log[6]] == pytest.approx([straight_log[2], straight_log[6]], rel=1e-5)
 
 
-def test_teacher_mode_needs_fusion_and_distill_needs_a_teacher(synth, tmp_path):
+def test_teacher_mode_needs_fusion_and_distill_needs_a_teacher():
     with pytest.raises(ValueError, match="fusion"):
-        Trainer(tiny_config(), synth, tmp_path / "t", mode="teacher", device="cpu")
+        tiny_config(train__mode="teacher")
     with pytest.raises(ValueError, match="--teacher"):
-        Trainer(tiny_config(), synth, tmp_path / "d", mode="distill", device="cpu")
+        tiny_config(train__mode="distill")
 
 
 def test_ddp_two_cpu_processes(synth, tmp_path):
-    config = tiny_config(max_steps=None, epochs=1, checkpoint_every=1)
+    config = tiny_config(train__max_steps=None, train__epochs=1, train__checkpoint_every=1)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config_to_dict(config)))
     out = tmp_path / "run"
@@ -141,3 +152,128 @@ def test_ddp_two_cpu_processes(synth, tmp_path):
     checkpoint = read_checkpoint(out / "last.pt")
     assert checkpoint["training_state"]["step"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "curves.png", "last.pt", "log.csv"]
+
+
+def tiny_teacher(tmp_path: Path) -> Path:
+    """An untrained half-width teacher on tiny_config's grid: enough for the distillation's arithmetic."""
+    model_config = dataclasses.replace(tiny_config().model, width=0.5)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, build_model(model_config), model_config)
+    return path
+
+
+def distill_config(teacher: Path, **values) -> TrainConfig:
+    """Every distillation term on, the sampled ones (instance, point and voxel affinity) included."""
+    every_term = {f"distill__{name.removeprefix('kd_')}": 1.0 for name in DistillConfig().weights()}
+    every_term |= {"distill__feature_names": ["bev_decoder", "point_mlp"], "distill__supervoxels_sampled": 4}
+    every_term |= {"distill__supervoxel_cells": [4, 4, 2], "train__teacher": str(teacher)}
+    return tiny_config(train__mode="distill", fusion={}, **every_term, **values)
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    b_state = b.state_dict()
+    for name, value in a.state_dict().items():
+        assert torch.equal(value, b_state[name]), name
+
+
+def test_distill_resume_continues_exactly(synth, tmp_path):
+    config = dataclasses.replace(distill_config(tiny_teacher(tmp_path), train__max_steps=6), augment=AugmentConfig())
+    straight = Trainer(config, synth, tmp_path / "straight", device="cpu")
+    straight.fit()
+    assert straight.train_set[3].is_fused.any() and straight.extra_params  # fused input, trained adapters
+
+    interrupted = tmp_path / "interrupted"
+    Trainer(config, synth, interrupted, device="cpu").fit(stop_at_step=3)
+    torch.manual_seed(12345)  # whatever the global RNG holds when a run resumes, the run continues the same
+    resumed = Trainer(config, synth, interrupted, device="cpu", resume=True)
+    resumed.fit()
+    assert resumed.step == straight.step == 6
+    assert_same_weights(resumed.model, straight.model)
+    assert_same_weights(resumed.extra_loss.adapters, straight.extra_loss.adapters)
+    logged = {r["name"] for r in CsvLog.read(interrupted / "log.csv")}
+    assert {"kd_instance_affinity", "kd_point_affinity", "kd_voxel_affinity"} <= logged
+
+
+def test_resume_refuses_a_changed_config_but_allows_a_longer_run(synth, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny_config(train__max_steps=2), synth, out, device="cpu").fit()
+    with pytest.raises(ValueError) as refused:
+        Trainer(tiny_config(train__max_steps=2, optim__lr=0.01), synth, out, device="cpu", resume=True)
+    assert "optim.lr: 0.03 → 0.01" in str(refused.value)
+    with pytest.raises(ValueError, match=r"model\.width: 0\.25 → 0\.5"):
+        Trainer(tiny_config(model__width=0.5), synth, out, device="cpu", resume=True)
+    with pytest.raises(ValueError, match="was a student run"):
+        Trainer(distill_config(tiny_teacher(tmp_path)), synth, out, device="cpu", resume=True)
+    longer = Trainer(tiny_config(train__max_steps=4, train__log_every=1), synth, out, device="cpu", resume=True)
+    assert longer.step == 2
+    longer.fit()
+    assert read_checkpoint(out / "last.pt")["training_state"]["step"] == 4
+
+
+def test_resume_removes_the_temporaries_a_killed_write_left(synth, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny_config(train__max_steps=1), synth, out, device="cpu").fit()
+    # what atomic_path leaves when SIGKILL lands mid-write: a mkdtemp directory beside the target
+    killed_write = out / ".last.pt.k1ll3d_x"
+    (killed_write).mkdir()
+    (killed_write / "last.pt").write_bytes(b"half a checkpoint")
+    not_ours = [out / ".last.pt.notes", out / ".last.pt.abcdefgh.bak"]
+    for path in not_ours:
+        path.mkdir()
+    Trainer(tiny_config(train__max_steps=2), synth, out, device="cpu", resume=True)
+    assert not killed_write.exists()
+    assert all(path.is_dir() for path in not_ours)
+
+
+def test_a_label_map_from_the_config_sets_the_classes_of_the_run_and_of_m2s_eval(synth, tmp_path):
+    from m2s_training.evaluate import main as m2s_eval
+    from tests.test_config import small_label_map
+
+    label_map = small_label_map(tmp_path)
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(label_map=str(label_map), train__max_steps=2), synth, out, device="cpu")
+    trainer.fit()
+    checkpoint = read_checkpoint(out / "best.pt")
+    assert checkpoint["class_names"] == ["unlabeled", "car", "road"]
+    assert checkpoint["model_config"]["num_classes"] == 3 and trainer.model.head.out_features == 3 * 8
+    assert load_config(out / "config.yaml").label_map == str(label_map.resolve())
+
+    common = ["--checkpoint", str(out / "best.pt"), "--data", str(synth), "--device", "cpu"]
+    with pytest.raises(SystemExit, match=r"trained for classes unlabeled, car, road.*pass --label-map"):
+        m2s_eval([*common, "--out", str(tmp_path / "wrong")])
+    m2s_eval([*common, "--out", str(tmp_path / "eval"), "--label-map", str(label_map)])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(metrics["iou"]) == ["car", "road"]
+
+
+def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(synth, tmp_path):
+    """One SIGKILL in a real m2s-train process; bench/kill_resume.py repeats it many times, both modes."""
+    config_path = tmp_path / "config.yaml"
+    config = dataclasses.replace(tiny_config(train__max_steps=12, train__checkpoint_every=1), augment=AugmentConfig())
+    config_path.write_text(yaml.safe_dump(config_to_dict(config)))
+    train = [sys.executable, "-m", "m2s_training.train", "--config", str(config_path), "--data", str(synth)]
+    train += ["--device", "cpu", "--out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: both processes add up floats in the same order
+    subprocess.run(
+        [*train, str(tmp_path / "straight")], cwd=REPO, env=env, capture_output=True, timeout=120, check=True
+    )
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([*train, str(out)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not (out / "last.pt").exists():  # a kill before the first checkpoint would leave nothing to resume
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        time.sleep(0.01)
+    delay = random.uniform(0.0, 1.5)  # the remaining 11 steps take ~4 s: the kill lands mid-run, anywhere
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    killed_at = read_checkpoint(out / "last.pt")["training_state"]["step"]
+    assert killed_at < 12, f"the run ended before the kill ({delay:.2f} s after its first checkpoint)"
+    resume = subprocess.run([*train, str(out), "--resume"], cwd=REPO, env=env, capture_output=True)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+
+    straight, resumed = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(out / "last.pt")
+    assert resumed["training_state"]["step"] == 12
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), f"{name} differs (killed at step {killed_at})"
+    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)  # no temporaries of the killed write

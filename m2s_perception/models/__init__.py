@@ -8,13 +8,14 @@ voxel coordinates and per-point features line up for distillation.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from torch import Tensor, nn
+
+from m2s_perception.typed_config import from_dict, to_dict
 
 BACKBONES = ("polar", "cylinder")
 
@@ -59,15 +60,12 @@ class ModelConfig:
         return max(4, round(base * self.width))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return to_dict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], where: str = "model") -> ModelConfig:
+        """Keys and value types checked by the one config loader (``m2s_perception.typed_config``)."""
+        return from_dict(cls, values, where)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
@@ -77,10 +75,7 @@ class ModelConfig:
         values = doc.get("model", doc) if isinstance(doc, dict) else None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of model config keys")
-        try:
-            return cls.from_dict(values)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
+        return cls.from_dict(values, f"{path}: model")
 
 
 @dataclass
@@ -90,6 +85,13 @@ class ModelOutput:
     voxel_coords: Tensor  # (V, 4) long: batch, i (rho), j (phi), k (z)
     point_to_voxel: Tensor  # (N,) long: row of voxel_logits holding each point
     point_features: dict[str, Tensor] = field(default_factory=dict)  # name -> (N, C_f)
+
+    @classmethod
+    def from_voxels(
+        cls, voxel_logits: Tensor, voxel_coords: Tensor, point_to_voxel: Tensor, point_features: dict[str, Tensor]
+    ) -> ModelOutput:
+        """The output of a backbone that predicts per voxel: every point gets its voxel's logits."""
+        return cls(voxel_logits[point_to_voxel], voxel_logits, voxel_coords, point_to_voxel, point_features)
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -15,7 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from m2s_perception.models import ModelConfig, ModelOutput
-from m2s_perception.models.grid import POINT_FEATURES, CylindricalGrid, PointEncoder, segment_max, unique_inverse
+from m2s_perception.models.grid import (
+    POINT_FEATURES,
+    CylindricalGrid,
+    PointEncoder,
+    occupied_cells,
+    ravel_index,
+    segment_max,
+    unravel_index,
+)
 
 
 def _spconv():
@@ -127,16 +135,9 @@ class Cylinder3D(nn.Module):
         rho_bins, phi_bins, height_bins = self.config.grid_size
         location = self.grid.locate(points)
         i, j, k = location.cell.unbind(1)
-        voxels, point_to_voxel = unique_inverse(((batch_index * rho_bins + i) * phi_bins + j) * height_bins + k)
-        voxel_coords = torch.stack(
-            [
-                voxels // (rho_bins * phi_bins * height_bins),
-                voxels // (phi_bins * height_bins) % rho_bins,
-                voxels // height_bins % phi_bins,
-                voxels % height_bins,
-            ],
-            dim=1,
-        )
+        shape = (batch_size, rho_bins, phi_bins, height_bins)
+        voxels, point_to_voxel = occupied_cells((batch_index, i, j, k), shape)
+        voxel_coords = torch.stack(unravel_index(voxels, shape), dim=1)
 
         point_features = self.point_encoder(location.features)
         voxel_features = self.compress(segment_max(point_features, point_to_voxel, len(voxels)))
@@ -145,12 +146,11 @@ class Cylinder3D(nn.Module):
         )
         with _single_thread_on_cpu(points.device):
             bottleneck, x, voxel_logits = self._sparse_unet(x)
-        return ModelOutput(
-            point_logits=voxel_logits[point_to_voxel],
-            voxel_logits=voxel_logits,
-            voxel_coords=voxel_coords,
-            point_to_voxel=point_to_voxel,
-            point_features={
+        return ModelOutput.from_voxels(
+            voxel_logits,
+            voxel_coords,
+            point_to_voxel,
+            {
                 "point_mlp": point_features,
                 "sparse_encoder": _coarse_features(bottleneck, voxel_coords, len(self.downs))[point_to_voxel],
                 "sparse_decoder": x.features[point_to_voxel],
@@ -194,9 +194,6 @@ def _coarse_features(coarse, fine_coords: Tensor, num_downsamples: int) -> Tenso
     target[:, 1:] //= 2**num_downsamples
     target = torch.minimum(target, shape - 1)
 
-    def linear(coords: Tensor) -> Tensor:
-        return ((coords[:, 0] * shape[1] + coords[:, 1]) * shape[2] + coords[:, 2]) * shape[3] + coords[:, 3]
-
-    keys, order = torch.sort(linear(coarse.indices.long()))
-    rows = torch.searchsorted(keys, linear(target)).clamp_max(len(keys) - 1)
+    keys, order = torch.sort(ravel_index(coarse.indices.long().unbind(1), shape))
+    rows = torch.searchsorted(keys, ravel_index(target.unbind(1), shape)).clamp_max(len(keys) - 1)
     return coarse.features[order[rows]]

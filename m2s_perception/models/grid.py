@@ -7,6 +7,7 @@ scan costs a few kernel launches, not a Python loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,3 +82,28 @@ def unique_inverse(keys: Tensor) -> tuple[Tensor, Tensor]:
     """Sorted unique keys and, per key, its row among them."""
     unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
     return unique, inverse
+
+
+def ravel_index(coords: Sequence[Tensor], shape: Sequence[int | Tensor]) -> Tensor:
+    """Row-major linear index of integer coordinates (one tensor per axis) in a grid of ``shape``.
+
+    ``shape[0]`` is never needed (the first axis is the slowest), so it may be anything.
+    """
+    index = coords[0]
+    for axis in range(1, len(coords)):
+        index = index * shape[axis] + coords[axis]
+    return index
+
+
+def occupied_cells(coords: Sequence[Tensor], shape: Sequence[int | Tensor]) -> tuple[Tensor, Tensor]:
+    """Sorted linear indices of the cells holding points, and per point the row of its cell among them."""
+    return unique_inverse(ravel_index(coords, shape))
+
+
+def unravel_index(index: Tensor, shape: Sequence[int | Tensor]) -> tuple[Tensor, ...]:
+    """The inverse of :func:`ravel_index`: one coordinate tensor per axis of ``shape``."""
+    coords = []
+    for size in reversed(shape[1:]):
+        coords.append(index % size)
+        index = index // size
+    return (index, *reversed(coords))

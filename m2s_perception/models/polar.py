@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2s_perception.models import ModelConfig, ModelOutput
-from m2s_perception.models.grid import POINT_FEATURES, CylindricalGrid, PointEncoder, segment_max, unique_inverse
+from m2s_perception.models.grid import (
+    POINT_FEATURES,
+    CylindricalGrid,
+    PointEncoder,
+    occupied_cells,
+    segment_max,
+    unravel_index,
+)
 
 
 class DoubleConv(nn.Module):
@@ -92,7 +99,8 @@ class PolarNet(nn.Module):
         rho_bins, phi_bins, height_bins = self.config.grid_size
         location = self.grid.locate(points)
         i, j, k = location.cell.unbind(1)
-        cells, point_to_cell = unique_inverse((batch_index * rho_bins + i) * phi_bins + j)
+        bev_shape = (batch_size, rho_bins, phi_bins)
+        cells, point_to_cell = occupied_cells((batch_index, i, j), bev_shape)
 
         point_features = self.point_encoder(location.features)
         cell_features = self.compress(segment_max(point_features, point_to_cell, len(cells)))
@@ -101,24 +109,21 @@ class PolarNet(nn.Module):
         bev = bev.view(batch_size, rho_bins, phi_bins, -1).permute(0, 3, 1, 2)
 
         bottleneck, decoded = self.unet(bev)
-        cell_b = cells // (rho_bins * phi_bins)
-        cell_i = cells // phi_bins % rho_bins
-        cell_j = cells % phi_bins
+        cell_b, cell_i, cell_j = unravel_index(cells, bev_shape)
         decoded_at_cells = decoded[cell_b, :, cell_i, cell_j]  # (U, C)
         stride = 2 ** (self.config.levels - 1)  # ceil-mode 2×2 pooling per level: cell i lands in i // stride
         bottleneck_at_cells = bottleneck[cell_b, :, cell_i // stride, cell_j // stride]
         cell_logits = self.head(decoded_at_cells).view(len(cells), height_bins, -1)
 
-        voxels, point_to_voxel = unique_inverse(point_to_cell * height_bins + k)
-        voxel_cell, voxel_k = voxels // height_bins, voxels % height_bins
+        voxels, point_to_voxel = occupied_cells((point_to_cell, k), (len(cells), height_bins))
+        voxel_cell, voxel_k = unravel_index(voxels, (len(cells), height_bins))
         voxel_logits = cell_logits[voxel_cell, voxel_k]
         voxel_coords = torch.stack([cell_b[voxel_cell], cell_i[voxel_cell], cell_j[voxel_cell], voxel_k], dim=1)
-        return ModelOutput(
-            point_logits=voxel_logits[point_to_voxel],
-            voxel_logits=voxel_logits,
-            voxel_coords=voxel_coords,
-            point_to_voxel=point_to_voxel,
-            point_features={
+        return ModelOutput.from_voxels(
+            voxel_logits,
+            voxel_coords,
+            point_to_voxel,
+            {
                 "point_mlp": point_features,
                 "bev_encoder": bottleneck_at_cells[point_to_cell],
                 "bev_decoder": decoded_at_cells[point_to_cell],

@@ -53,8 +53,8 @@ from m2s_training.bag import (
 )
 from m2s_training.bag.kitti2bag import SENSOR_DATA_QOS, STORAGE_PLUGINS
 from m2s_training.bag.replay import BagMessage, BagPlayer, ReplayOptions
-from m2s_training.evaluate import plot_iou
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
+from m2s_training.reporting import plot_iou
 
 log = logging.getLogger(__name__)
 

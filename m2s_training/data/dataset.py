@@ -190,8 +190,15 @@ class SemanticKittiDataset(Dataset):
 
 
 def make_loader(
-    dataset: SemanticKittiDataset, batch_size: int, sampler: Sampler, num_workers: int, pin_memory: bool = False
+    dataset: SemanticKittiDataset,
+    batch_size: int,
+    sampler: Sampler,
+    num_workers: int,
+    pin_memory: bool = False,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
+    """``generator``: where the iterator draws its worker seed; None draws from the global RNG,
+    which a resumed run would then consume at a different point than an uninterrupted one."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -201,4 +208,5 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=False,
         persistent_workers=False,  # workers must see the dataset's epoch, set before each epoch
+        generator=generator,
     )

@@ -246,6 +246,17 @@ def split_sequences(root: str | Path, split: str, label_map: LabelMap | None = N
     return [s for s in wanted if s in present]
 
 
+def existing_split(root: str | Path, split: str, label_map: LabelMap | None = None) -> list[str]:
+    """:func:`split_sequences`, refusing a root without ``sequences/`` or without any of the split's sequences."""
+    if not (Path(root) / "sequences").is_dir():
+        raise KittiFormatError(f"{root}: no sequences/ folder (expected SemanticKITTI layout ROOT/sequences/XX)")
+    sequences = split_sequences(root, split, label_map)
+    if not sequences:
+        wanted = " ".join((label_map or load_label_map()).sequences(split))
+        raise KittiFormatError(f"{root}/sequences: none of the {split} sequences ({wanted}) exist")
+    return sequences
+
+
 # --- predictions -------------------------------------------------------------------------------
 
 
