@@ -16,7 +16,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
     ],
     install_requires=["numpy>=1.24", "pyyaml>=6", "torch>=2.1", "tqdm>=4.60", "matplotlib>=3.7", "rosbags>=0.10"],
     extras_require={

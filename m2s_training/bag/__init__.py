@@ -50,11 +50,30 @@ def require_topics(reader: AnyReader, path: str | Path, topics: list[str], msgty
             raise BagError(f"{path}: topic {topic!r} holds {present[topic].msgtype}, expected {msgtype}")
 
 
+def fastdds_profile() -> Path | None:
+    """``config/fastdds.xml`` of a source checkout or pip install, else of the colcon install."""
+    beside = Path(__file__).resolve().parents[2] / "config" / "fastdds.xml"
+    if beside.is_file():
+        return beside
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("m2s_perception")) / "config" / "fastdds.xml"
+    except Exception:  # no ament index, or the package is not in it
+        return None
+    return installed if installed.is_file() else None
+
+
 def use_loopback_dds() -> None:
     """Keep DDS of this process and its children on loopback, unless the caller already chose.
 
+    With DDS on loopback, also use the shipped Fast DDS profile (shared memory for large
+    best-effort clouds, UDP on 127.0.0.1 only) unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is set.
     Must run before rclpy is imported anywhere in the process.
     """
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    profile = fastdds_profile()
+    if os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and profile is not None:
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
