@@ -39,6 +39,17 @@ def open_bag(path: str | Path) -> AnyReader:
     return reader
 
 
+BAG_FILE_SUFFIXES = (".mcap", ".db3", ".db3-shm", ".db3-wal", ".zstd")
+
+
+def is_rosbag2_dir(path: Path) -> bool:
+    """A folder holding a rosbag2 bag and nothing else: the only kind of folder our tools replace."""
+    entries = list(path.iterdir())
+    return (path / "metadata.yaml").is_file() and all(
+        e.is_file() and (e.name == "metadata.yaml" or e.name.endswith(BAG_FILE_SUFFIXES)) for e in entries
+    )
+
+
 def require_topics(reader: AnyReader, path: str | Path, topics: list[str], msgtype: str | None = None) -> None:
     """Raise ``BagError`` naming the bag and its topics when one of ``topics`` is absent (or of another type)."""
     present = reader.topics

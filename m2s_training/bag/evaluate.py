@@ -47,6 +47,7 @@ from m2s_training.bag import (
     POINTCLOUD2,
     TYPESTORE,
     BagError,
+    is_rosbag2_dir,
     open_bag,
     require_topics,
     use_loopback_dds,
@@ -246,7 +247,7 @@ def _replay_and_record(bag: Path, checkpoint: Path, out: Path, options: Evaluati
     write_text_atomic(params_file, yaml.safe_dump({"/**": {"ros__parameters": parameters}}, sort_keys=False))
 
     with ExitStack() as stack:
-        output_bag = stack.enter_context(atomic_path(out / "output_bag"))
+        output_bag = stack.enter_context(atomic_path(out / "output_bag", replace_dir=is_rosbag2_dir))
         writer = Writer(output_bag, version=9, storage_plugin=STORAGE_PLUGINS[options.storage])
         writer.open()
         stack.callback(writer.close)
