@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     use_loopback_dds()
+    # SIGTERM (kill, systemd, CI timeouts) unwinds like Ctrl-C: temporaries removed, the node stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args.run(args)
     except (BagError, KittiFormatError, CheckpointError, FileNotFoundError, ValueError) as error:
