@@ -392,6 +392,9 @@ def test_bag2kitti_pseudo_labels_intensity_scale_and_non_finite_points(tmp_path:
     report = export_sequence(tmp_path / "drive", tmp_path / "mine", "31", options, progress=False)
     assert (report.scans, report.unlabelled_scans, report.non_finite_points) == (2, 1, 8)
     assert report.poses.startswith("not written: no /tf world -> os_sensor")
+    assert report.intensity_warning is None  # 0..255 with scale 255 is on scale
+    unscaled = export_sequence(tmp_path / "drive", tmp_path / "mine", "32", ExportOptions(cloud_topic="/points"), False)
+    assert "set intensity_scale" in unscaled.intensity_warning
     folder = tmp_path / "mine" / "sequences" / "31"
     assert not (folder / "poses.txt").exists() and (folder / "times.txt").read_text().split() == [
         "0.000000e+00",

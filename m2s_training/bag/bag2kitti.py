@@ -59,6 +59,7 @@ class ExportReport:
     non_finite_points: int = 0  # left out
     unlabelled_scans: int = 0  # clouds without a labelled cloud of the same stamp: left out
     poses: str = ""  # "written", or why not
+    intensity_warning: str | None = None  # the node's off-scale hint, on the first scan
 
 
 def _stamp(msg: object) -> int:
@@ -115,6 +116,15 @@ def _pose_at(stamps: np.ndarray, matrices: np.ndarray, stamp: int, max_gap_ns: i
     return matrices[nearest] if abs(int(stamps[nearest]) - stamp) <= max_gap_ns else None
 
 
+def _intensity_hint(intensity: np.ndarray, scale: float) -> str | None:
+    """The node's off-scale intensity hint; None where the node (rclpy) cannot be imported."""
+    try:
+        from m2s_perception.node import intensity_problem
+    except ImportError:  # bag tools work without ROS; the hint is a nicety
+        return None
+    return intensity_problem(intensity, scale)
+
+
 def export_sequence(
     bag: str | Path,
     out_root: str | Path,
@@ -161,6 +171,7 @@ def export_sequence(
                             f"{cloud.num_points} points on {options.cloud_topic}"
                         )
                 if frame is None:
+                    report.intensity_warning = _intensity_hint(cloud.points[cloud.finite, 3], options.intensity_scale)
                     frame = msg.header.frame_id.lstrip("/")
                     pose_table = _read_poses(bag, options.fixed_frame, frame)
                 pose = _pose_at(*pose_table, stamp, round(options.max_pose_gap_s * 1e9))

@@ -94,6 +94,8 @@ def _run_bag2kitti(args: argparse.Namespace) -> None:
     if args.labels_topic:
         print(f"left out {report.unlabelled_scans} scans without a labelled cloud on {args.labels_topic}")
     print(f"poses: {report.poses}")
+    if report.intensity_warning:
+        print(f"warning: {report.intensity_warning}")
 
 
 def _add_replay(commands: argparse._SubParsersAction) -> None:
