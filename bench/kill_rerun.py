@@ -94,6 +94,7 @@ def trial(tool: str, command: list[str], out: Path, delay: float, reference: obj
         children.update({c.pid: c for c in descendants(process.pid)})  # known before the kill
         time.sleep(0.02)
     finished_first = process.poll() is not None
+    running_children = [c for c in children.values() if c.is_running()]
     process.kill()
     process.wait()
     _gone, alive = psutil.wait_procs(list(children.values()), timeout=5)
@@ -106,6 +107,7 @@ def trial(tool: str, command: list[str], out: Path, delay: float, reference: obj
     run(command)
     rerun_equal = fingerprint(tool, out) == reference
     return {"delay_s": round(delay, 2), "finished_before_kill": finished_first, "orphans": orphans,
+            "children_running_at_kill": len(running_children),
             "partial_output_looks_complete": looks_complete_but_differs, "complete_after_kill": after_kill is not None,
             "hidden_temporaries_after_kill": hidden_temporaries, "rerun_equals_reference": rerun_equal}  # fmt: skip
 
@@ -145,15 +147,17 @@ def main() -> int:
 def report(results: dict[str, list[dict]], args: argparse.Namespace) -> int:
     ok = True
     print(f"kill -9 at random moments, {args.trials} trials per tool (seed {args.seed}), then an uninterrupted rerun")
-    print("| tool | killed mid-run | orphans | partial output that looks complete | rerun equals reference |")
-    print("|---|---|---|---|---|")
+    print("| tool | killed mid-run | ... with a child (the node) running | orphans | partial output looking complete "
+          "| rerun equals reference |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for tool, trials in results.items():
         mid = sum(not t["finished_before_kill"] for t in trials)
         orphans = sum(len(t["orphans"]) for t in trials)
         looks = sum(t["partial_output_looks_complete"] for t in trials)
         equal = sum(t["rerun_equals_reference"] for t in trials)
+        with_child = sum(t["children_running_at_kill"] > 0 and not t["finished_before_kill"] for t in trials)
         ok &= orphans == 0 and looks == 0 and equal == len(trials)
-        print(f"| {tool} | {mid} of {len(trials)} | {orphans} | {looks} | {equal} of {len(trials)} |")
+        print(f"| {tool} | {mid} of {len(trials)} | {with_child} | {orphans} | {looks} | {equal} of {len(trials)} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     print("PASS" if ok else "FAIL")

@@ -97,3 +97,22 @@ def test_best_effort_hdl64_clouds_get_labelled_clouds_back(tmp_path: Path):
     finally:
         client.close()
         node.stop(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ({}, str(PROFILE.resolve())),  # m2s-bag / the demo on loopback: the shipped profile
+        ({"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my_profile.xml"}, "/etc/my_profile.xml"),  # the user's wins
+        ({"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}, None),  # off loopback: its 127.0.0.1 whitelist would cut DDS
+    ],
+)
+def test_bag_tools_use_the_profile_only_on_loopback(monkeypatch, preset: dict, expected: str | None):
+    from m2s_training.bag import use_loopback_dds
+
+    for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in preset.items():
+        monkeypatch.setenv(name, value)
+    use_loopback_dds()
+    assert os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") == expected
