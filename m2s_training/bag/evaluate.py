@@ -13,8 +13,8 @@
    from publish to receive on the wall clock, dropped scans). An earlier ``metrics.json`` is removed
    when the run starts, so it exists only beside a finished run's output.
 
-The node runs in its own process group and dies with this process (Linux parent-death signal),
-even when this process is killed with SIGKILL.
+The node runs in its own process group and ends with this process (Linux parent-death signal
+SIGTERM), even when this process is killed with SIGKILL.
 
 With ``--lockstep`` the mIoU equals ``m2s-eval``'s on the same scans and checkpoint: both label
 every point through ``Segmenter.predict`` and both score with ``m2s_training.metrics``.
@@ -185,12 +185,16 @@ class OutputRecorder:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGKILL when the parent dies, even by ``kill -9``."""
+    """In the child before exec (Linux): SIGTERM when the parent dies, even by ``kill -9``.
+
+    SIGTERM, not SIGKILL: the node then shuts down rclpy and removes its Fast DDS shared-memory
+    segment (a SIGKILLed DDS process leaves it in /dev/shm).
+    """
     import ctypes
 
     parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -202,7 +206,7 @@ class SegmentNode:
     """The ``m2s-segment`` process, its log in ``OUT/node.log``; stopped with SIGINT, then killed.
 
     It runs in its own process group (whatever it spawns is stopped with it) and, on Linux, gets
-    SIGKILL from the kernel when the evaluating process dies, so no node outlives the evaluation.
+    SIGTERM from the kernel when the evaluating process dies, so no node outlives the evaluation.
     """
 
     def __init__(self, params_file: Path, log_path: Path):
