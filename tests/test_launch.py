@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
@@ -33,6 +34,7 @@ from m2s_perception.pointcloud2 import make_cloud, read_fields
 from tests.segment_process import REPO, CloudClient
 
 VENDOR = Path(os.environ.get("M2S_VENDOR_DIR", REPO.parent / "shared" / "vendor"))  # the env var: for worktrees
+HDL64_POINTS = 120_000
 TARBALLS = ("ros2-launch-3.7.1.tar.gz", "ros2-launch_ros-0.28.0.tar.gz")
 
 COMPOSITION_STAND_IN = '''"""STAND-IN for composition_interfaces.srv (tests only): launch_ros imports these names."""
@@ -149,7 +151,8 @@ def _processes_under(path: Path) -> list[psutil.Process]:
 
 @pytest.mark.ros
 def test_launch_file_starts_the_installed_node_which_answers_on_the_remapped_topic(workspace: Path):
-    """`segment.launch.py input_topic:=/points` after `colcon build`: a cloud in, its labels out, Ctrl-C ends all."""
+    """`segment.launch.py input_topic:=/points` after `colcon build`: a best-effort driver's HDL-64-sized
+    cloud in, its labels out (packaged demo weights, the params file's defaults), Ctrl-C ends all."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(workspace / "vendor"), str(workspace / "stand_in")])
     log_path = workspace / "launch.log"
@@ -159,19 +162,20 @@ def test_launch_file_starts_the_installed_node_which_answers_on_the_remapped_top
         launch = subprocess.Popen(["bash", "-c", command], cwd=workspace, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     client = CloudClient("/points", "/m2s/labelled_points")
+    # A LiDAR driver: sensor-data QoS (best effort), an HDL-64-sized scan (1.9 MB, needs config/fastdds.xml)
+    driver = client.node.create_publisher(PointCloud2, "/points", qos_profile_sensor_data)
     try:
-        subscribed = client.wait_until(
-            lambda: client.publisher.get_subscription_count() > 0 or launch.poll() is not None, 90
-        )
+        subscribed = client.wait_until(lambda: driver.get_subscription_count() > 0 or launch.poll() is not None, 90)
         assert subscribed and launch.poll() is None, log_path.read_text(errors="replace")
         node = [p for p in _processes_under(workspace / "install") if "m2s-segment" in " ".join(p.cmdline())]
         assert node, "the node does not run from the colcon install space"
-        client.wait_until(lambda: False, 0.5)  # the node's best-effort input matches us a moment later
-        msg = _cloud(7)
-        out = client.request(msg, timeout=30)
-        assert (out.header.stamp.sec, out.header.frame_id, out.width) == (7, "lidar", 3000)
+        client.wait_until(lambda: False, 1.0)  # the node's best-effort input matches us a moment later
+        driver.publish(_cloud(7, HDL64_POINTS))
+        assert client.wait_until(lambda: (7, 0) in client.outputs, 60), log_path.read_text(errors="replace")
+        out = client.outputs[(7, 0)]
+        assert (out.header.frame_id, out.width) == ("lidar", HDL64_POINTS)
         labels = read_fields(out, ["label"])["label"].ravel()
-        assert labels.size == 3000 and labels.max() <= 19
+        assert labels.size == HDL64_POINTS and labels.max() <= 19
     finally:
         client.close()
         launch.send_signal(signal.SIGINT)
