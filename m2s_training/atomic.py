@@ -1,12 +1,15 @@
 """Atomic writes: a reader never sees a half-written checkpoint, prediction, bag or PNG.
 
-And they never delete what a user owns: a directory at the target path is replaced only when
-the caller recognises it as its own kind of output (``replace_dir``), e.g. a rosbag2 bag that
-``kitti2bag --overwrite`` may replace; any other directory is refused with ``OverwriteRefused``.
+A writer killed with SIGKILL leaves a hidden ``.NAME.<pid>.*`` temporary; the next write of NAME
+removes it once that process is gone. And writes never delete what a user owns: a directory at
+the target path is replaced only when the caller recognises it as its own kind of output
+(``replace_dir``), e.g. a rosbag2 bag that ``kitti2bag --overwrite`` may replace; any other
+directory is refused with ``OverwriteRefused``.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -31,7 +34,8 @@ def atomic_path(final: str | Path, replace_dir: Callable[[Path], bool] | None = 
     final = Path(final)
     _check_replaceable(final, replace_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    _remove_stale_temporaries(final)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
     tmp = tmp_dir / final.name
     try:
         yield tmp
@@ -44,6 +48,30 @@ def atomic_path(final: str | Path, replace_dir: Callable[[Path], bool] | None = 
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # only ever our own temporary folder
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Remove ``.NAME.<pid>.*`` temporaries of ``final`` left by writers that were killed (kill -9).
+
+    Only folders of exactly that form whose process no longer exists: a live writer's temporary
+    and anything else named alike are kept. (A tool that walks the folder, like the official
+    SemanticKITTI evaluator, would otherwise find the killed run's files inside them.)
+    """
+    prefix = f".{final.name}."
+    for candidate in final.parent.glob(glob.escape(prefix) + "*"):
+        pid = candidate.name[len(prefix) :].partition(".")[0]
+        if candidate.is_dir() and not candidate.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _check_replaceable(final: Path, replace_dir: Callable[[Path], bool] | None) -> None:

@@ -6,6 +6,9 @@ or ``kitti2bag --overwrite`` pointed at a folder erased it.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,18 @@ def test_kitti2bag_overwrite_replaces_a_bag_but_never_another_folder(tmp_path: P
     assert reader.start_time == later.start_time_ns  # the new bag, not the old one
     reader.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "kitti", "my_thesis"]
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path: Path):
+    """kill -9 during a write leaves `.NAME.<pid>.*`; before, it stayed forever (and a folder walker found it)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".000005.label.{dead.pid}.k2j3h4"
+    stale.mkdir()
+    (stale / "000005.label").write_bytes(b"half")
+    live = tmp_path / f".000005.label.{os.getpid()}.abcdef"  # a writer still running: keep
+    live.mkdir()
+    backup = tmp_path / ".000005.label.backup"  # the user's: keep
+    backup.mkdir()
+    write_bytes_atomic(tmp_path / "000005.label", b"\0" * 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["000005.label", live.name, backup.name])
