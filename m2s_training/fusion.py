@@ -241,7 +241,11 @@ def _input_signature(fuser: MultiScanFuser, sequence: Sequence, index: int) -> l
     paths += [p for i in scans for p in (sequence.scan_paths[i], sequence.label_path(i))]
     signature = []
     for path in paths:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # e.g. no poses.txt for a placement that needs none
+            signature.append([path.name, None])
+            continue
         signature.append([path.name, stat.st_size, stat.st_mtime_ns])
     return signature
 
