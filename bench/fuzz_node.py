@@ -50,6 +50,12 @@ def mutate(rng: np.random.Generator, msg: PointCloud2) -> list[str]:
         kind = str(rng.choice(MUTATIONS))
         MUTATORS[kind](rng, msg)
         done.append(kind)
+    # The lies must still be representable on the wire (uint32 sizes, uint8 datatypes).
+    msg.width, msg.height, msg.point_step, msg.row_step = (
+        int(np.clip(v, 0, U32)) for v in (msg.width, msg.height, msg.point_step, msg.row_step)
+    )
+    for field in msg.fields:
+        field.offset, field.count = int(np.clip(field.offset, 0, U32)), int(np.clip(field.count, 0, U32))
     return done
 
 
