@@ -15,6 +15,9 @@ ifndef ROS_DOMAIN_ID
 ROS_DOMAIN_ID := $(shell shuf -i 1-100 -n 1)
 endif
 export ROS_DOMAIN_ID
+# Large best-effort clouds (sensor-data QoS) arrive only over shared memory: see config/fastdds.xml.
+# Every DDS process that make starts (tests, demo, benches) reads it; a profile you export wins.
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds.xml
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install test test-slow lint format bench demo clean

@@ -16,7 +16,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
     ],
     install_requires=["numpy>=1.24", "pyyaml>=6", "torch>=2.1", "tqdm>=4.60", "matplotlib>=3.7", "rosbags>=0.10"],
     extras_require={
@@ -34,7 +34,17 @@ setup(
         # fresh machine may lack (see m2s_training/synth/o3d.py)
         "synth": ["open3d-cpu>=0.18", "libusb-package>=1.0.26"],
         "spconv": ["spconv>=2.3"],  # Cylinder3D backbone; on CUDA 12 install spconv-cu12x instead
-        "dev": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"],
+        # colcon + osrf-pycommon + lark: tests/test_launch.py builds the package and runs the launch file
+        # (with ../shared/vendor's launch sources); psutil: process checks in the reliability tests
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2",
+            "ruff>=0.6",
+            "colcon-common-extensions>=0.3",
+            "osrf-pycommon>=2",
+            "lark>=1",
+            "psutil>=5",
+        ],
     },
     zip_safe=True,
     entry_points={

@@ -2,7 +2,8 @@
 
 Writes, under ``--out``:
 
-- ``metrics.json``: mIoU (official SemanticKITTI definition, see ``m2s_training.metrics``), IoU per
+- ``metrics.json``, written last (an earlier one is removed when the run starts, so it is only ever
+  beside a finished run's output): mIoU (official SemanticKITTI definition, see ``m2s_training.metrics``), IoU per
   class name, accuracy, hard-class mIoU, confusion matrix, scan and point counts, timing;
 - ``iou.png``: per-class IoU bar chart;
 - ``sequences/XX/predictions/NNNNNN.label``: raw-id predictions, the layout the official
@@ -53,6 +54,8 @@ def evaluate(
             raise KittiFormatError(f"{seq.path / 'labels'}: evaluation needs ground-truth labels")
     check_class_names(checkpoint, label_map, label_map_path)
     segmenter = Segmenter.from_checkpoint(checkpoint, device)
+    # metrics.json marks a finished run: an earlier run's must not sit beside this run's partial output.
+    (out / "metrics.json").unlink(missing_ok=True)
     scans = [(seq, i) for seq in sequences for i in range(len(seq))][:max_scans]
 
     confusion = torch.zeros(label_map.num_classes, label_map.num_classes, dtype=torch.int64)
@@ -76,8 +79,8 @@ def evaluate(
         "seconds": round(seconds, 3),
         "ms_per_scan": round(1000 * seconds / max(1, len(scans)), 2),
     }
-    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1) + "\n")
     plot_iou(metrics, label_map, out / "iou.png", title=f"{Path(checkpoint).name} on {split} ({len(scans)} scans)")
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1) + "\n")  # last: the run is complete
     return result
 
 

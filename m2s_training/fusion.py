@@ -24,7 +24,8 @@ so its centroid equals the same instance's centroid in scan t (instances absent 
 dropped), and scans with fewer than ``k_previous`` predecessors get no fused points.
 
 Fused inputs are cached on disk as ``.npz`` keyed by sequence, scan index and a hash of the
-configuration and the data root; writes are atomic.
+configuration, the data root and the size and mtime of every file read (scans, labels, poses,
+calibration), so regenerated data is never served stale; writes are atomic.
 """
 
 from __future__ import annotations
@@ -164,7 +165,13 @@ class MultiScanFuser:
     def cache_path(self, sequence: Sequence, index: int) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = {**self.config_dict(), "root": str(sequence.root.resolve())}
+        # Keyed by content too: size and mtime of every file this fusion reads, so data regenerated
+        # under the same path is fused afresh instead of served stale.
+        key = {
+            **self.config_dict(),
+            "root": str(sequence.root.resolve()),
+            "inputs": _input_signature(self, sequence, index),
+        }
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         return self.cache_dir / sequence.name / f"{sequence.frame_id(index)}_{digest}.npz"
 
@@ -255,6 +262,22 @@ class MultiScanFuser:
         )
         has_moving = np.bincount(inverse, weights=self.is_moving_raw[semantic], minlength=len(unique_keys)) > 0
         return _Instances(points, semantic, instance, unique_keys, inverse, centroids, has_moving)
+
+
+def _input_signature(fuser: MultiScanFuser, sequence: Sequence, index: int) -> list:
+    """(name, size, mtime_ns) of the scans, labels, poses and calibration that ``fuse`` reads."""
+    scans = [index, *fuser.neighbours(index, len(sequence))]
+    paths = [sequence.path / "poses.txt", sequence.path / "calib.txt"]
+    paths += [p for i in scans for p in (sequence.scan_paths[i], sequence.label_path(i))]
+    signature = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # e.g. no poses.txt for a placement that needs none
+            signature.append([path.name, None])
+            continue
+        signature.append([path.name, stat.st_size, stat.st_mtime_ns])
+    return signature
 
 
 def _rows_in(current_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

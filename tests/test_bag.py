@@ -333,3 +333,77 @@ def test_evaluation_receives_hdl64_sized_clouds(tmp_path: Path):
     result = evaluate_bag(bag, checkpoint, tmp_path / "out", EvaluationOptions(lockstep=True, device="cpu"))
     assert (result["scans_scored"], result["scans_dropped"]) == (2, 0)
     assert result["points"] == int(np.count_nonzero(load_map_train(root)))
+
+
+# --- bag2kitti ---------------------------------------------------------------------------------
+
+
+def test_bag2kitti_round_trip_of_a_kitti2bag_bag_equals_the_original(tiny_root: Path, tmp_path: Path):
+    bag = convert_sequence(tiny_root, "08", tmp_path / "bag", progress=False)
+    done = _m2s_bag("bag2kitti", str(bag), "--out", str(tmp_path / "mine"), "--sequence", "30",
+                    "--labels-topic", "/velodyne_points/ground_truth")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "wrote 5 scans" in done.stdout and "poses: written" in done.stdout
+    original, exported = sk.Sequence(tiny_root, "08"), sk.Sequence(tmp_path / "mine", "30")
+    assert len(exported) == len(original) == 5
+    for index in range(5):
+        assert exported.scan_paths[index].read_bytes() == original.scan_paths[index].read_bytes()
+        np.testing.assert_array_equal(exported.labels(index)[0], original.labels(index)[0])  # semantic ids
+    np.testing.assert_allclose(exported.times, TIMES, atol=1e-9)
+    np.testing.assert_allclose(exported.poses, original.poses, atol=1e-7)  # LiDAR poses, from /tf
+
+    again = _m2s_bag("bag2kitti", str(bag), "--out", str(tmp_path / "mine"), "--sequence", "30")
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_bag2kitti_pseudo_labels_intensity_scale_and_non_finite_points(tmp_path: Path):
+    """A driver-like bag: intensity 0..255, NaN points, node output in training ids with one scan missing."""
+    from rosbags.rosbag2 import Writer
+
+    from m2s_training.bag import POINTCLOUD2, TYPESTORE
+    from m2s_training.bag.bag2kitti import ExportOptions, export_sequence
+    from m2s_training.bag.kitti2bag import SENSOR_DATA_QOS, cloud_message
+
+    label_map = load_label_map()
+    rng = np.random.default_rng(3)
+    scans, train_ids = [], []
+    with Writer(tmp_path / "drive", version=9) as writer:
+        points_c = writer.add_connection(
+            "/points", POINTCLOUD2, typestore=TYPESTORE, offered_qos_profiles=[SENSOR_DATA_QOS]
+        )
+        labels_c = writer.add_connection("/m2s/labelled_points", POINTCLOUD2, typestore=TYPESTORE)
+        for k in range(3):
+            stamp = 1_700_000_000 * 10**9 + k * 100_000_000
+            xyz = rng.normal(scale=10, size=(200, 3)).astype(np.float32)
+            xyz[::50] = np.nan  # 4 points without a return
+            intensity = rng.integers(0, 256, 200).astype(np.float32)
+            labels = rng.integers(0, label_map.num_classes, 200).astype(np.uint16)
+            columns = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "intensity": intensity}
+            writer.write(
+                points_c, stamp, TYPESTORE.serialize_cdr(cloud_message(stamp, "os_sensor", columns), POINTCLOUD2)
+            )
+            if k != 1:  # the node dropped scan 1
+                labelled = cloud_message(stamp, "os_sensor", {**columns, "label": labels})
+                writer.write(labels_c, stamp + 5_000_000, TYPESTORE.serialize_cdr(labelled, POINTCLOUD2))
+                scans.append(np.column_stack([xyz, intensity / 255.0]).astype(np.float32))
+                train_ids.append(labels)
+    options = ExportOptions(cloud_topic="/points", labels_topic="/m2s/labelled_points", label_format="train",
+                            intensity_scale=255.0)  # fmt: skip
+    report = export_sequence(tmp_path / "drive", tmp_path / "mine", "31", options, progress=False)
+    assert (report.scans, report.unlabelled_scans, report.non_finite_points) == (2, 1, 8)
+    assert report.poses.startswith("not written: no /tf world -> os_sensor")
+    assert report.intensity_warning is None  # 0..255 with scale 255 is on scale
+    unscaled = export_sequence(tmp_path / "drive", tmp_path / "mine", "32", ExportOptions(cloud_topic="/points"), False)
+    assert "set intensity_scale" in unscaled.intensity_warning
+    folder = tmp_path / "mine" / "sequences" / "31"
+    assert not (folder / "poses.txt").exists() and (folder / "times.txt").read_text().split() == [
+        "0.000000e+00",
+        "2.000000e-01",
+    ]
+    for index in range(2):
+        finite = np.isfinite(scans[index]).all(axis=1)
+        exported = sk.read_scan(folder / "velodyne" / f"{index:06d}.bin")
+        np.testing.assert_array_equal(exported[:, :3], scans[index][finite, :3])
+        np.testing.assert_allclose(exported[:, 3], scans[index][finite, 3], rtol=1e-6)
+        semantic, _ = sk.read_labels(folder / "labels" / f"{index:06d}.label", len(exported))
+        np.testing.assert_array_equal(label_map.to_train(semantic), train_ids[index][finite])

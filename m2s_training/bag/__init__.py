@@ -39,6 +39,17 @@ def open_bag(path: str | Path) -> AnyReader:
     return reader
 
 
+BAG_FILE_SUFFIXES = (".mcap", ".db3", ".db3-shm", ".db3-wal", ".zstd")
+
+
+def is_rosbag2_dir(path: Path) -> bool:
+    """A folder holding a rosbag2 bag and nothing else: the only kind of folder our tools replace."""
+    entries = list(path.iterdir())
+    return (path / "metadata.yaml").is_file() and all(
+        e.is_file() and (e.name == "metadata.yaml" or e.name.endswith(BAG_FILE_SUFFIXES)) for e in entries
+    )
+
+
 def require_topics(reader: AnyReader, path: str | Path, topics: list[str], msgtype: str | None = None) -> None:
     """Raise ``BagError`` naming the bag and its topics when one of ``topics`` is absent (or of another type)."""
     present = reader.topics
@@ -50,11 +61,30 @@ def require_topics(reader: AnyReader, path: str | Path, topics: list[str], msgty
             raise BagError(f"{path}: topic {topic!r} holds {present[topic].msgtype}, expected {msgtype}")
 
 
+def fastdds_profile() -> Path | None:
+    """``config/fastdds.xml`` of a source checkout or pip install, else of the colcon install."""
+    beside = Path(__file__).resolve().parents[2] / "config" / "fastdds.xml"
+    if beside.is_file():
+        return beside
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("m2s_perception")) / "config" / "fastdds.xml"
+    except Exception:  # no ament index, or the package is not in it
+        return None
+    return installed if installed.is_file() else None
+
+
 def use_loopback_dds() -> None:
     """Keep DDS of this process and its children on loopback, unless the caller already chose.
 
+    With DDS on loopback, also use the shipped Fast DDS profile (shared memory for large
+    best-effort clouds, UDP on 127.0.0.1 only) unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is set.
     Must run before rclpy is imported anywhere in the process.
     """
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    profile = fastdds_profile()
+    if os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and profile is not None:
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))

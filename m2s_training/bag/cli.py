@@ -1,6 +1,7 @@
-"""``m2s-bag``: kitti2bag | replay | evaluate.
+"""``m2s-bag``: kitti2bag | bag2kitti | replay | evaluate.
 
     m2s-bag kitti2bag --data DIR --sequence 08 --out BAG [--format mcap|sqlite3] [--version 8|9]
+    m2s-bag bag2kitti BAG --out DIR --sequence 30 [--cloud-topic T] [--labels-topic T] [--intensity-scale S]
     m2s-bag replay BAG [--rate R] [--loop [N]] [--clock] [--topics T ...]
     m2s-bag evaluate BAG --checkpoint CKPT [--out OUT] [--rate R | --lockstep] [--device cpu]
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -57,6 +59,43 @@ def _run_kitti2bag(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
     )  # fmt: skip
     print(f"wrote {out}")
+
+
+def _add_bag2kitti(commands: argparse._SubParsersAction) -> None:
+    from m2s_training.bag.bag2kitti import ExportOptions
+
+    defaults = ExportOptions()
+    p = commands.add_parser("bag2kitti", help="a bag's PointCloud2 topic → SemanticKITTI layout (your own LiDAR)")
+    p.add_argument("bag", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="data root: writes OUT/sequences/XX/")
+    p.add_argument("--sequence", required=True, help="sequence number to write, e.g. 30 (must not exist yet)")
+    p.add_argument("--cloud-topic", default=defaults.cloud_topic, help="the scans")
+    p.add_argument("--labels-topic", help="PointCloud2 with a 'label' field and the same stamps (ground truth, "
+                   "or the node's output as pseudo-labels); without it no labels/ are written")  # fmt: skip
+    p.add_argument("--label-format", choices=("raw", "train"), default=defaults.label_format,
+                   help="ids in that field: raw SemanticKITTI ids, or training ids (the node's default)")  # fmt: skip
+    p.add_argument("--intensity-scale", type=float, default=defaults.intensity_scale,
+                   help="the sensor's full-scale intensity (KITTI 1, most drivers 255)")  # fmt: skip
+    p.add_argument("--fixed-frame", default=defaults.fixed_frame, help="parent frame of the /tf poses")
+    p.set_defaults(run=_run_bag2kitti)
+
+
+def _run_bag2kitti(args: argparse.Namespace) -> None:
+    from m2s_training.bag.bag2kitti import ExportOptions, export_sequence
+
+    options = ExportOptions(
+        cloud_topic=args.cloud_topic, labels_topic=args.labels_topic, label_format=args.label_format,
+        intensity_scale=args.intensity_scale, fixed_frame=args.fixed_frame,
+    )  # fmt: skip
+    report = export_sequence(args.bag, args.out, args.sequence, options)
+    print(f"wrote {report.scans} scans ({report.points} points) to {report.path}")
+    if report.non_finite_points:
+        print(f"left out {report.non_finite_points} non-finite points")
+    if args.labels_topic:
+        print(f"left out {report.unlabelled_scans} scans without a labelled cloud on {args.labels_topic}")
+    print(f"poses: {report.poses}")
+    if report.intensity_warning:
+        print(f"warning: {report.intensity_warning}")
 
 
 def _add_replay(commands: argparse._SubParsersAction) -> None:
@@ -116,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m2s-bag", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_kitti2bag(commands)
+    _add_bag2kitti(commands)
     _add_replay(commands)
     _add_evaluate(commands)
     return parser
@@ -125,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     use_loopback_dds()
+    # SIGTERM (kill, systemd, CI timeouts) unwinds like Ctrl-C: temporaries removed, the node stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args.run(args)
     except (BagError, KittiFormatError, CheckpointError, FileNotFoundError, ValueError) as error:

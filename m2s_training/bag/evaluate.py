@@ -9,8 +9,12 @@
 3. match outputs to the bag's ground-truth clouds by the copied ``header.stamp`` and score them
    with the same confusion matrix / IoU code as ``m2s-eval``; a scan without an output is counted
    as dropped, never skipped silently;
-4. write ``OUT/metrics.json`` (mIoU, IoU per class, latency p50/p95/max from publish to receive on
-   the wall clock, dropped scans) and ``OUT/iou.png``.
+4. write ``OUT/iou.png`` and, last, ``OUT/metrics.json`` (mIoU, IoU per class, latency p50/p95/max
+   from publish to receive on the wall clock, dropped scans). An earlier ``metrics.json`` is removed
+   when the run starts, so it exists only beside a finished run's output.
+
+The node runs in its own process group and ends with this process (Linux parent-death signal
+SIGTERM), even when this process is killed with SIGKILL.
 
 With ``--lockstep`` the mIoU equals ``m2s-eval``'s on the same scans and checkpoint: both label
 every point through ``Segmenter.predict`` and both score with ``m2s_training.metrics``.
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +51,7 @@ from m2s_training.bag import (
     POINTCLOUD2,
     TYPESTORE,
     BagError,
+    is_rosbag2_dir,
     open_bag,
     require_topics,
     use_loopback_dds,
@@ -179,14 +184,40 @@ class OutputRecorder:
         return True
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the parent dies, even by ``kill -9``.
+
+    SIGTERM, not SIGKILL: the node then shuts down rclpy and removes its Fast DDS shared-memory
+    segment (a SIGKILLed DDS process leaves it in /dev/shm).
+    """
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 class SegmentNode:
-    """The ``m2s-segment`` process, its log in ``OUT/node.log``; stopped with SIGINT, then killed."""
+    """The ``m2s-segment`` process, its log in ``OUT/node.log``; stopped with SIGINT, then killed.
+
+    It runs in its own process group (whatever it spawns is stopped with it) and, on Linux, gets
+    SIGTERM from the kernel when the evaluating process dies, so no node outlives the evaluation.
+    """
 
     def __init__(self, params_file: Path, log_path: Path):
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         command, env = segment_command(params_file)
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        linux = sys.platform.startswith("linux")
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent if linux else None,
+        )  # fmt: skip
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -196,14 +227,18 @@ class SegmentNode:
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:
+        """SIGINT to the node's process group, SIGKILL to the group after 10 s."""
         if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
+            self._signal_group(signal.SIGINT)
+            with suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self._signal_group(signal.SIGKILL)  # anything the node left in its group
+        self.process.wait()
         self._log.close()
+
+    def _signal_group(self, sig: int) -> None:
+        with suppress(ProcessLookupError):  # the group is already gone
+            os.killpg(self.process.pid, sig)
 
 
 def _wait_until_ready(player: BagPlayer, recorder: OutputRecorder, segment: SegmentNode, timeout: float) -> None:
@@ -246,7 +281,7 @@ def _replay_and_record(bag: Path, checkpoint: Path, out: Path, options: Evaluati
     write_text_atomic(params_file, yaml.safe_dump({"/**": {"ros__parameters": parameters}}, sort_keys=False))
 
     with ExitStack() as stack:
-        output_bag = stack.enter_context(atomic_path(out / "output_bag"))
+        output_bag = stack.enter_context(atomic_path(out / "output_bag", replace_dir=is_rosbag2_dir))
         writer = Writer(output_bag, version=9, storage_plugin=STORAGE_PLUGINS[options.storage])
         writer.open()
         stack.callback(writer.close)
@@ -340,6 +375,8 @@ def evaluate_bag(bag: str | Path, checkpoint: str | Path, out: str | Path, optio
         reader.close()
     out.mkdir(parents=True, exist_ok=True)
     label_map = load_label_map()
+    # metrics.json marks a finished run: an earlier run's must not sit beside this run's partial output.
+    (out / "metrics.json").unlink(missing_ok=True)
 
     recording = _replay_and_record(bag, checkpoint, out, options)
     confusion, counts = score(bag, options.labels_topic, recording, label_map)
@@ -364,9 +401,9 @@ def evaluate_bag(bag: str | Path, checkpoint: str | Path, out: str | Path, optio
         "iou_png": str(out / "iou.png"),
         "node_log": str(out / "node.log"),
     }
-    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1) + "\n")
     title = f"{checkpoint.name} on {bag.name} ({scored}/{total} scans, {result['mode']})"
     plot_iou(metrics, label_map, out / "iou.png", title=title)
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1) + "\n")  # last: the run is complete
     return result
 
 

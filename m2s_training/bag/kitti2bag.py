@@ -25,8 +25,16 @@ from tqdm import tqdm
 
 from m2s_perception.labels import LabelMap, load_label_map
 from m2s_perception.pointcloud2 import make_cloud
-from m2s_training.atomic import atomic_path
-from m2s_training.bag import CLOUD_TOPIC, GROUND_TRUTH_TOPIC, POINTCLOUD2, TF_MESSAGE, TYPESTORE, BagError
+from m2s_training.atomic import OverwriteRefused, atomic_path
+from m2s_training.bag import (
+    CLOUD_TOPIC,
+    GROUND_TRUTH_TOPIC,
+    POINTCLOUD2,
+    TF_MESSAGE,
+    TYPESTORE,
+    BagError,
+    is_rosbag2_dir,
+)
 from m2s_training.data.semantic_kitti import Sequence
 
 DEFAULT_START_TIME_NS = 1_500_000_000 * 10**9  # 2017-07-14: a plausible wall-clock epoch, never "time zero"
@@ -160,12 +168,14 @@ def convert_sequence(
         raise BagError(f"unknown storage format {storage!r}; expected one of {', '.join(STORAGE_PLUGINS)}")
     if out.exists() and not overwrite:
         raise BagError(f"{out}: already exists; pass --overwrite to replace it")
+    if out.is_dir() and not is_rosbag2_dir(out):  # --overwrite replaces a bag, never a user's folder
+        raise OverwriteRefused(f"{out}: not a rosbag2 bag (metadata.yaml + storage files only); refusing to replace it")
     label_map = label_map or load_label_map()
     seq = Sequence(data_root, sequence)
     stamps = stamps_ns(seq.times, layout.start_time_ns)
     poses, tr_lidar_to_camera = seq.poses, seq.calib["Tr"]
 
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace_dir=is_rosbag2_dir) as tmp:
         writer = Writer(tmp, version=version, storage_plugin=STORAGE_PLUGINS[storage])
         writer.open()
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m2s_training.atomic import atomic_path
 from m2s_training.data.semantic_kitti import (
     camera_poses,
     write_calib,
@@ -115,30 +116,29 @@ def write_sequence(
     preset = get_preset(preset) if isinstance(preset, str) else preset
     name = sequence_name(sequence)
     sim = SequenceSimulator(preset, preset.scans if scans is None else scans, seed, name)
-    path = Path(out_root) / "sequences" / name
-    summary = SequenceSummary(path)
-    for index in range(len(sim)):
-        scan = sim.scan(index)
-        write_scan(path / "velodyne" / f"{index:06d}.bin", scan.points)
-        write_labels(path / "labels" / f"{index:06d}.label", scan.semantic, scan.instance)
-        summary.scans += 1
-        summary.points += len(scan.points)
-        summary.raw_ids.update(np.unique(scan.semantic).tolist())
-        if on_scan is not None:
-            on_scan(index, scan)
-    _remove_stale_scans(path, len(sim))
-    write_poses(path / "poses.txt", camera_poses(sim.relative_poses(), TR_LIDAR_TO_CAMERA))
-    write_calib(path / "calib.txt", TR_LIDAR_TO_CAMERA)
-    write_times(path / "times.txt", sim.times)
+    final = Path(out_root) / "sequences" / name
+    summary = SequenceSummary(final)
+    # The sequence is written beside its final folder and renamed into place: an interrupted
+    # regeneration leaves the previous sequence whole, never new scans beside old poses.
+    with atomic_path(final, replace_dir=_is_sequence_folder) as path:
+        for index in range(len(sim)):
+            scan = sim.scan(index)
+            write_scan(path / "velodyne" / f"{index:06d}.bin", scan.points)
+            write_labels(path / "labels" / f"{index:06d}.label", scan.semantic, scan.instance)
+            summary.scans += 1
+            summary.points += len(scan.points)
+            summary.raw_ids.update(np.unique(scan.semantic).tolist())
+            if on_scan is not None:
+                on_scan(index, scan)
+        write_poses(path / "poses.txt", camera_poses(sim.relative_poses(), TR_LIDAR_TO_CAMERA))
+        write_calib(path / "calib.txt", TR_LIDAR_TO_CAMERA)
+        write_times(path / "times.txt", sim.times)
     return summary
 
 
-def _remove_stale_scans(path: Path, scans: int) -> None:
-    """Regenerating with fewer scans into the same folder must not leave old scans to be read."""
-    for folder, suffix in (("velodyne", ".bin"), ("labels", ".label")):
-        for stale in (path / folder).glob(f"*{suffix}"):
-            if stale.stem.isdigit() and int(stale.stem) >= scans:
-                stale.unlink()
+def _is_sequence_folder(path: Path) -> bool:
+    """What this generator writes, and nothing else: the only folder it may replace."""
+    return {p.name for p in path.iterdir()} <= {"velodyne", "labels", "poses.txt", "calib.txt", "times.txt"}
 
 
 def generate(
