@@ -34,6 +34,9 @@ setup(
         # fresh machine may lack (see m2s_training/synth/o3d.py)
         "synth": ["open3d-cpu>=0.18", "libusb-package>=1.0.26"],
         "spconv": ["spconv>=2.3"],  # Cylinder3D backbone; on CUDA 12 install spconv-cu12x instead
+        # m2s-export and the Segmenter backends 'onnxruntime' / 'openvino' (CPU). On an NVIDIA GPU install
+        # onnxruntime-gpu instead of onnxruntime (CUDA and TensorRT execution providers).
+        "engine": ["onnx>=1.16", "onnxruntime>=1.17", "openvino>=2024.0"],
         "dev": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"],
     },
     zip_safe=True,
@@ -46,6 +49,7 @@ setup(
             "m2s-eval = m2s_training.evaluate:main",
             "m2s-bag = m2s_training.bag.cli:main",
             "m2s-segment = m2s_perception.node:main",
+            "m2s-export = m2s_perception.export:main",
         ],
     },
 )
