@@ -176,9 +176,9 @@ def test_torch_backend_agrees_with_the_training_network_and_keeps_the_segmenter_
 def test_unexportable_and_unknown_choices_fail_clearly(tmp_path):
     from m2s_perception.export import ExportError, fused_network, main
 
-    with pytest.raises(ExportError, match="cylinder.*cannot be exported.*spconv"):
+    with pytest.raises(ExportError, match=r"cylinder.*cannot be exported.*spconv"):
         fused_network(torch.nn.Identity(), ModelConfig(backbone="cylinder"))
-    with pytest.raises(ValueError, match="spconv.*use backend 'torch'"):
+    with pytest.raises(ValueError, match=r"spconv.*use backend 'torch'"):
         Segmenter(torch.nn.Identity(), ModelConfig(backbone="cylinder"), "cpu", backend="onnxruntime")
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
         Segmenter(trained_like(CONFIG), CONFIG, "cpu", backend="tensorflow")
