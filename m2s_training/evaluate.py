@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from m2s_perception.backends import BACKENDS
 from m2s_perception.checkpoint import CheckpointError
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import LabelMap, load_label_map
@@ -38,6 +39,7 @@ def evaluate(
     out: str | Path,
     device: str = "auto",
     max_scans: int | None = None,
+    backend: str = "torch",
 ) -> dict:
     """Predict, write predictions and metrics; return the metrics dict that went to metrics.json."""
     label_map = load_label_map()
@@ -51,7 +53,7 @@ def evaluate(
     for seq in sequences:
         if not seq.has_labels:
             raise KittiFormatError(f"{seq.path / 'labels'}: evaluation needs ground-truth labels")
-    segmenter = Segmenter.from_checkpoint(checkpoint, device)
+    segmenter = Segmenter.from_checkpoint(checkpoint, device, backend=backend)
     scans = [(seq, i) for seq in sequences for i in range(len(seq))][:max_scans]
 
     confusion = torch.zeros(label_map.num_classes, label_map.num_classes, dtype=torch.int64)
@@ -72,6 +74,7 @@ def evaluate(
         "split": split,
         "checkpoint": str(checkpoint),
         "device": str(segmenter.device),
+        "backend": backend,
         "seconds": round(seconds, 3),
         "ms_per_scan": round(1000 * seconds / max(1, len(scans)), 2),
     }
@@ -115,10 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max-scans", type=int, help="evaluate only the first N scans of the split")
+    parser.add_argument(
+        "--backend", default="torch", choices=BACKENDS, help="inference engine (onnxruntime/openvino: polar models)"
+    )
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans)
-    except (FileNotFoundError, KittiFormatError, CheckpointError, KeyError) as err:
+        result = evaluate(args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans, args.backend)
+    except (FileNotFoundError, KittiFormatError, CheckpointError, KeyError, ValueError) as err:
         sys.exit(f"m2s-eval: {err}")
     print(f"mIoU {result['miou']:.4f}  accuracy {result['accuracy']:.4f}  hard mIoU {result['hard_miou']:.4f}")
     print(f"{result['scans']} scans, {result['ms_per_scan']} ms/scan on {result['device']}; wrote {args.out}")

@@ -4,6 +4,7 @@ the training network (``PolarNet.forward``) on the same scans."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -203,3 +204,46 @@ def test_gpu_backends_agree_with_cpu_float32(exported, backend: str):
     points = cloud_with_edges(20000, 9)
     cpu = Segmenter(model, CONFIG, "cpu")
     assert (gpu.predict(points).labels == cpu.predict(points).labels).mean() > 0.98
+
+
+def test_m2s_eval_backend_writes_the_same_predictions_as_torch(tmp_path):
+    pytest.importorskip("openvino")
+    from m2s_training.checkpoint import save_checkpoint
+    from m2s_training.data.semantic_kitti import read_labels
+    from m2s_training.evaluate import main
+    from m2s_training.synth import generate
+
+    generate(tmp_path / "data", ["08"], preset="tiny", scans=2, seed=3)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, trained_like(CONFIG, seed=4), CONFIG)
+    runs = {}
+    for backend in ("torch", "openvino"):
+        out = tmp_path / backend
+        data = str(tmp_path / "data")
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                data,
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--backend",
+                backend,
+            ]
+        )
+        predictions = sorted((out / "sequences/08/predictions").glob("*.label"))
+        assert len(predictions) == 2
+        runs[backend] = [read_labels(p, None)[0] for p in predictions]
+        assert json.loads((out / "metrics.json").read_text())["backend"] == backend
+    for torch_labels, engine_labels in zip(runs["torch"], runs["openvino"], strict=True):
+        assert np.array_equal(torch_labels, engine_labels)
+
+
+def test_bag_evaluation_passes_the_backend_to_the_node_only_when_set(tmp_path):
+    from m2s_training.bag.evaluate import EvaluationOptions, node_parameters
+
+    assert "backend" not in node_parameters(tmp_path / "m.pt", EvaluationOptions())
+    assert node_parameters(tmp_path / "m.pt", EvaluationOptions(backend="openvino"))["backend"] == "openvino"
