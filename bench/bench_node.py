@@ -89,6 +89,7 @@ def start_node(checkpoint: Path, device: str, reliability: str, log_path: Path, 
     command += ["--ros-args", "--params-file", str(REPO / "config/segment.yaml")]
     command += ["-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}", "-p", "stats_period_s:=1.0"]
     command += ["-p", f"input_reliability:={reliability}"]
+    command += ["-p", f"input_topic:={INPUT}", "-p", f"output_topic:={OUTPUT}"]  # whatever the config's defaults
     # Only when not at their defaults, so a node that predates the parameters still runs torch.
     if engine.backend != "torch":
         command += ["-p", f"backend:={engine.backend}"]
