@@ -6,11 +6,10 @@ backend runs: torch directly, ONNX Runtime and OpenVINO through its ONNX export.
 the training network, all for speed:
 
 - every BatchNorm is folded into the convolution / linear layer next to it (eval statistics);
-- the point MLP, the pooling and the bird's-eye view are channel-first (C, N), (C, U), (C, rho·phi):
-  no layout conversion between the points and the U-Net;
-- the scatter max starts from -inf and includes it (``include_self=True``): the same result as
-  ``segment_max`` (every occupied cell has a point), and it exports as ONNX ScatterElements
-  with reduction "max" (opset 18);
+- the cell max pooling starts from -inf and includes it: the same result as ``segment_max``
+  (every occupied cell has a point); it moves whole rows (``index_reduce``), exported as one ONNX
+  ScatterND with reduction "max" (opset 18), and the pooled cells go into the bird's-eye view the
+  same way (ScatterND), so no (N, C) index tensor is ever built;
 - only the point logits are computed (no voxel unique, no distillation features), and the labels
   and confidences come out of the network, so an engine hands back N labels, not N × classes.
 """
@@ -41,20 +40,35 @@ def fold_input_batchnorm(linear: nn.Linear, norm: nn.BatchNorm1d) -> tuple[Tenso
     return linear.weight * scale, bias + linear.weight @ shift
 
 
-class ScatterMax(torch.autograd.Function):
-    """``data.scatter_reduce(1, index, src, "amax", include_self=True)``, exported as one ONNX node.
+def _rows(g, index):
+    """ONNX: (N,) → (N, 1), the row indices ScatterND takes."""
+    return g.op("Unsqueeze", index, g.op("Constant", value_t=torch.tensor([1])))
 
-    The TorchScript exporter wraps scatter_reduce in an ``If`` (for rank-0 inputs) that TensorRT
-    dislikes and that carries a wrong shape annotation; this writes the single ScatterElements.
-    """
+
+class MaxIntoRows(torch.autograd.Function):
+    """``data.index_reduce(0, index, src, "amax", include_self=True)``: row ``index[n]`` of data takes the
+    element-wise max with row n of src. Exported as one ScatterND with reduction "max" (opset 18),
+    which moves whole rows: no (N, C) index tensor, unlike ScatterElements."""
 
     @staticmethod
     def forward(ctx, data: Tensor, index: Tensor, src: Tensor) -> Tensor:
-        return data.scatter_reduce(1, index, src, reduce="amax", include_self=True)
+        return data.index_reduce(0, index, src, "amax", include_self=True)
 
     @staticmethod
     def symbolic(g, data, index, src):
-        return g.op("ScatterElements", data, index, src, axis_i=1, reduction_s="max")
+        return g.op("ScatterND", data, _rows(g, index), src, reduction_s="max")
+
+
+class CopyIntoRows(torch.autograd.Function):
+    """``data.index_copy(0, index, src)``, exported as one ScatterND."""
+
+    @staticmethod
+    def forward(ctx, data: Tensor, index: Tensor, src: Tensor) -> Tensor:
+        return data.index_copy(0, index, src)
+
+    @staticmethod
+    def symbolic(g, data, index, src):
+        return g.op("ScatterND", data, _rows(g, index), src)
 
 
 class FusedDoubleConv(nn.Module):
@@ -100,41 +114,45 @@ class FusedPolarNet(nn.Module):
         self.grid_size = model.config.grid_size
         self.height_bins = model.height_bins
         with torch.no_grad():
-            self.point_mlp = nn.ParameterList(_fused_point_mlp(model.point_encoder.mlp))
-            compress = model.compress[0]
-            self.compress_weight = nn.Parameter(compress.weight.clone())
-            self.compress_bias = nn.Parameter(compress.bias.clone().view(-1, 1))
+            self.point_mlp = nn.ModuleList(_fused_point_mlp(model.point_encoder.mlp))
+            self.compress = _copy_linear(model.compress[0])
             self.unet = FusedUNet2d(model.unet)
-            self.head_weight = nn.Parameter(model.head.weight.clone())  # (H * classes, C)
-            self.head_bias = nn.Parameter(model.head.bias.clone())
+            self.head = _copy_linear(model.head)  # (H * classes) outputs per cell
         self.requires_grad_(False)
 
     def forward(
         self, features: Tensor, point_cell: Tensor, point_voxel: Tensor, cells: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         rho_bins, phi_bins, _ = self.grid_size
-        x = features
-        layers = len(self.point_mlp) // 2
-        for index in range(layers):
-            x = torch.addmm(self.point_mlp[2 * index + 1], self.point_mlp[2 * index], x)
-            if index < layers - 1:
+        x = features.t()  # (N, 9): the binning writes channel-first, the point MLP runs row-wise
+        for index, layer in enumerate(self.point_mlp):
+            x = layer(x)
+            if index < len(self.point_mlp) - 1:
                 x = F.relu(x)
         # Max over each cell's points; every cell in ``cells`` has at least one point, so -inf never survives.
-        pooled = torch.full((x.shape[0], cells.shape[0]), float("-inf"), dtype=x.dtype, device=x.device)
-        pooled = ScatterMax.apply(pooled, point_cell.unsqueeze(0).expand_as(x), x)
-        cell_features = F.relu(torch.addmm(self.compress_bias, self.compress_weight, pooled))  # (C, U)
+        pooled = torch.full((cells.shape[0], x.shape[1]), float("-inf"), dtype=x.dtype, device=x.device)
+        pooled = MaxIntoRows.apply(pooled, point_cell, x)
+        cell_features = F.relu(self.compress(pooled))  # (U, C)
 
-        channels = cell_features.shape[0]
-        bev = cell_features.new_zeros((channels, rho_bins * phi_bins))
-        bev = bev.scatter(1, cells.unsqueeze(0).expand(channels, -1), cell_features)
-        decoded = self.unet(bev.view(1, channels, rho_bins, phi_bins))
+        channels = cell_features.shape[1]
+        bev = CopyIntoRows.apply(cell_features.new_zeros((rho_bins * phi_bins, channels)), cells, cell_features)
+        decoded = self.unet(bev.t().reshape(1, channels, rho_bins, phi_bins))
 
         decoded_at_cells = decoded.view(decoded.shape[1], rho_bins * phi_bins).index_select(1, cells)  # (C, U)
-        cell_logits = torch.addmm(self.head_bias, decoded_at_cells.t(), self.head_weight.t())  # (U, H * classes)
-        point_logits = cell_logits.view(-1, self.head_weight.shape[0] // self.height_bins).index_select(0, point_voxel)
+        cell_logits = self.head(decoded_at_cells.t())  # (U, H * classes)
+        point_logits = cell_logits.view(-1, self.head.out_features // self.height_bins).index_select(0, point_voxel)
         labels = point_logits[:, IGNORE_ID + 1 :].argmax(dim=1, keepdim=True) + (IGNORE_ID + 1)
         confidence = torch.softmax(point_logits, dim=1).gather(1, labels)
         return labels.squeeze(1), confidence.squeeze(1), point_logits
+
+
+def _copy_linear(layer: nn.Linear, weight: Tensor | None = None, bias: Tensor | None = None) -> nn.Linear:
+    weight = layer.weight if weight is None else weight
+    bias = (layer.bias if layer.bias is not None else torch.zeros(layer.out_features)) if bias is None else bias
+    copy = nn.Linear(layer.in_features, layer.out_features, bias=True)
+    copy.weight.copy_(weight)
+    copy.bias.copy_(bias)
+    return copy
 
 
 def _fused_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
@@ -145,21 +163,19 @@ def _fused_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def _fused_point_mlp(mlp: nn.Sequential) -> list[nn.Parameter]:
-    """[W1, b1, W2, b2, …] (b as columns) of BatchNorm1d → (Linear → BatchNorm1d → ReLU)* → Linear."""
+def _fused_point_mlp(mlp: nn.Sequential) -> list[nn.Linear]:
+    """The linear layers of BatchNorm1d → (Linear → BatchNorm1d → ReLU)* → Linear, norms folded in."""
     layers = list(mlp)
     input_norm, layers = layers[0], layers[1:]
-    params: list[nn.Parameter] = []
-    first = True
+    fused: list[nn.Linear] = []
     while layers:
         linear, layers = layers[0], layers[1:]
-        if first:
+        if not fused:
             weight, bias = fold_input_batchnorm(linear, input_norm)
-            first = False
         else:
             weight, bias = linear.weight, linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
         if layers and isinstance(layers[0], nn.BatchNorm1d):
             weight, bias = fold_batchnorm(weight, bias, layers[0])
             layers = layers[2:]  # the norm and its ReLU
-        params += [nn.Parameter(weight.clone()), nn.Parameter(bias.clone().view(-1, 1))]
-    return params
+        fused.append(_copy_linear(linear, weight, bias))
+    return fused
