@@ -16,6 +16,8 @@ the training network, all for speed:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,6 +40,10 @@ def fold_input_batchnorm(linear: nn.Linear, norm: nn.BatchNorm1d) -> tuple[Tenso
     shift = norm.bias - norm.running_mean * scale
     bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
     return linear.weight * scale, bias + linear.weight @ shift
+
+
+# index_reduce is what makes the pooling fast in torch (a (N,) index, no (N, C) one); torch marks it beta.
+warnings.filterwarnings("ignore", message=r"index_reduce\(\) is in beta", category=UserWarning)
 
 
 def _rows(g, index):
@@ -83,7 +89,7 @@ class FusedDoubleConv(nn.Module):
             # The two phi columns each side, concatenated: what F.pad(mode="circular") does, spelled
             # out so that every exporter writes it the same way (Slice + Concat).
             x = torch.cat([x[..., -2:], x, x[..., :2]], dim=-1)
-        return F.relu(self.conv2(F.relu(self.conv1(x))))
+        return F.relu(self.conv2(F.relu(self.conv1(x), inplace=True)), inplace=True)
 
 
 class FusedUNet2d(nn.Module):
@@ -128,7 +134,7 @@ class FusedPolarNet(nn.Module):
         for index, layer in enumerate(self.point_mlp):
             x = layer(x)
             if index < len(self.point_mlp) - 1:
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)
         # Max over each cell's points; every cell in ``cells`` has at least one point, so -inf never survives.
         pooled = torch.full((cells.shape[0], x.shape[1]), float("-inf"), dtype=x.dtype, device=x.device)
         pooled = MaxIntoRows.apply(pooled, point_cell, x)
