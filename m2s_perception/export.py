@@ -1,6 +1,6 @@
 """``m2s-export``: a polar checkpoint as one ONNX file that ONNX Runtime, OpenVINO and TensorRT run.
 
-    m2s-export --checkpoint runs/student/best.pt --out runs/student/onnx [--points 120000]
+    m2s-export --checkpoint runs/student/best.pt --out runs/student/onnx [--points 120000] [--scan KITTI.bin …]
 
 The file holds ``FusedPolarNet`` (BatchNorm folded, m2s_perception/models/polar_fused.py), opset 18:
 inputs ``features`` (9, N) float32, ``point_cell`` (N,), ``point_voxel`` (N,) and ``cells`` (U,)
@@ -9,7 +9,8 @@ int64, all with dynamic sizes, as ``m2s_perception.binning.PolarBinning`` makes 
 The cell max pooling is one ScatterND node with reduction "max". The model config and class
 names ride along as metadata, so ``Segmenter.from_checkpoint("model.onnx", backend=...)`` needs
 nothing else. After writing, the command runs the file in ONNX Runtime on real-sized scans and
-prints how far it is from the torch network (the training ``PolarNet``) it came from.
+prints how far it is from the torch network (the training ``PolarNet``) it came from, on rings of
+points spread over the grid (``--points``) and on any SemanticKITTI ``.bin`` scans given (``--scan``).
 
 The Cylinder3D backbone is not exportable: its sparse convolutions (spconv) have no ONNX form.
 """
@@ -44,20 +45,26 @@ class ExportError(ValueError):
     """A model that cannot become an ONNX file; the message says why."""
 
 
-def fused_network(model: torch.nn.Module, config: ModelConfig) -> FusedPolarNet:
+def fused_network(model: torch.nn.Module, config: ModelConfig, pooling: str = "elements") -> FusedPolarNet:
     if config.backbone != "polar":
         raise ExportError(
             f"the {config.backbone!r} backbone cannot be exported: its sparse 3D convolutions (spconv) have "
             "no ONNX form. Only polar checkpoints export; run this one with backend 'torch'."
         )
-    return FusedPolarNet(model.eval()).cpu().eval()
+    return FusedPolarNet(model.eval(), pooling).cpu().eval()
 
 
-def export_onnx(model: torch.nn.Module, config: ModelConfig, class_names: list[str] | None = None) -> bytes:
-    """The ONNX model (bytes) of a polar network, with its config and class names as metadata."""
+def export_onnx(
+    model: torch.nn.Module, config: ModelConfig, class_names: list[str] | None = None, pooling: str = "elements"
+) -> bytes:
+    """The ONNX model (bytes) of a polar network, with its config and class names as metadata.
+
+    ``pooling="elements"`` (ScatterElements) runs correctly everywhere; "rows" (ScatterND, no
+    (N, C) index) is faster but ONNX Runtime's CPU kernel races on it: OpenVINO only.
+    """
     import onnx
 
-    network = fused_network(model, config)
+    network = fused_network(model, config, pooling)
     example = PolarBinning(config)(ring_scan(config, 2000, seed=0))
     args = tuple(
         torch.from_numpy(a.copy()) for a in (example.features, example.point_cell, example.point_voxel, example.cells)
@@ -149,6 +156,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, then rename: a reader never sees half a model."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is as readable as any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -164,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True, help="an m2s checkpoint (.pt) of a polar model")
     parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx (created)")
     parser.add_argument("--points", type=int, nargs="+", default=[120_000, 30_000], help="parity scan sizes")
+    parser.add_argument("--scan", type=Path, nargs="*", default=[], help="also check these KITTI .bin scans")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max |logit diff| the parity check accepts")
     args = parser.parse_args(argv)
 
@@ -184,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     backend = OnnxRuntimeBackend(path.read_bytes(), device="cpu")
     print(f"parity with torch (ONNX Runtime {backend.version}, CPU, fp32):")
     worst = 0.0
-    for index, num_points in enumerate(args.points):
-        result = parity(model, backend, config, ring_scan(config, num_points, seed=index + 1))
+    scans = [(f"ring {n}", ring_scan(config, n, seed=i + 1)) for i, n in enumerate(args.points)]
+    try:
+        scans += [(path.name, np.fromfile(path, np.float32).reshape(-1, 4)) for path in args.scan]
+    except (OSError, ValueError) as err:
+        print(f"m2s-export: --scan: {err}", file=sys.stderr)
+        return 2
+    for name, scan in scans:
+        result = parity(model, backend, config, scan)
         worst = max(worst, result.max_abs_logit_diff)
-        print(f"  {result}")
+        print(f"  {name}: {result}")
     if worst > args.tolerance:
         print(f"m2s-export: parity FAILED: logits differ by {worst:.2e} > {args.tolerance:g}", file=sys.stderr)
         return 1

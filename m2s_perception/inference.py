@@ -83,7 +83,8 @@ class Segmenter:
             if onnx_model is None:
                 from m2s_perception.export import export_onnx
 
-                onnx_model = export_onnx(self.model, config)
+                # ScatterND pooling is faster but races in ONNX Runtime's CPU kernel (see polar_fused.py).
+                onnx_model = export_onnx(self.model, config, pooling="rows" if backend == "openvino" else "elements")
             engine = OnnxRuntimeBackend if backend == "onnxruntime" else OpenVinoBackend
             self.engine = engine(onnx_model, self.device.type, num_threads or None, self.fp16, TENSORRT_MAX_POINTS)
 

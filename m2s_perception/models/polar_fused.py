@@ -46,6 +46,9 @@ def fold_input_batchnorm(linear: nn.Linear, norm: nn.BatchNorm1d) -> tuple[Tenso
 warnings.filterwarnings("ignore", message=r"index_reduce\(\) is in beta", category=UserWarning)
 
 
+POOLINGS = ("rows", "elements")
+
+
 def _rows(g, index):
     """ONNX: (N,) → (N, 1), the row indices ScatterND takes."""
     return g.op("Unsqueeze", index, g.op("Constant", value_t=torch.tensor([1])))
@@ -63,6 +66,24 @@ class MaxIntoRows(torch.autograd.Function):
     @staticmethod
     def symbolic(g, data, index, src):
         return g.op("ScatterND", data, _rows(g, index), src, reduction_s="max")
+
+
+class MaxIntoElements(torch.autograd.Function):
+    """The same max pooling, exported as ScatterElements with reduction "max" over an (N, C) index.
+
+    Slower in every engine (the index is N × C int64), but ONNX Runtime's ScatterND with a
+    reduction races between threads on repeated rows (measured: wrong maxima in some runs), while
+    its ScatterElements does not; so the ONNX Runtime backend and m2s-export's file use this one.
+    """
+
+    @staticmethod
+    def forward(ctx, data: Tensor, index: Tensor, src: Tensor) -> Tensor:
+        return data.index_reduce(0, index, src, "amax", include_self=True)
+
+    @staticmethod
+    def symbolic(g, data, index, src):
+        expanded = g.op("Expand", _rows(g, index), g.op("Shape", src))
+        return g.op("ScatterElements", data, expanded, src, axis_i=0, reduction_s="max")
 
 
 class CopyIntoRows(torch.autograd.Function):
@@ -114,8 +135,12 @@ class FusedUNet2d(nn.Module):
 class FusedPolarNet(nn.Module):
     """(features (9, N), point_cell (N,), point_voxel (N,), cells (U,)) → labels, confidence, logits."""
 
-    def __init__(self, model: PolarNet):
+    def __init__(self, model: PolarNet, pooling: str = "rows"):
+        """``pooling``: how the cell max exports to ONNX: "rows" (ScatterND) or "elements" (ScatterElements)."""
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pool = MaxIntoRows if pooling == "rows" else MaxIntoElements
         model = model.eval()
         self.grid_size = model.config.grid_size
         self.height_bins = model.height_bins
@@ -137,7 +162,7 @@ class FusedPolarNet(nn.Module):
                 x = F.relu(x, inplace=True)
         # Max over each cell's points; every cell in ``cells`` has at least one point, so -inf never survives.
         pooled = torch.full((cells.shape[0], x.shape[1]), float("-inf"), dtype=x.dtype, device=x.device)
-        pooled = MaxIntoRows.apply(pooled, point_cell, x)
+        pooled = self.pool.apply(pooled, point_cell, x)
         cell_features = F.relu(self.compress(pooled))  # (U, C)
 
         channels = cell_features.shape[1]
