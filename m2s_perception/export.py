@@ -6,7 +6,8 @@ The file holds ``FusedPolarNet`` (BatchNorm folded, m2s_perception/models/polar_
 inputs ``features`` (9, N) float32, ``point_cell`` (N,), ``point_voxel`` (N,) and ``cells`` (U,)
 int64, all with dynamic sizes, as ``m2s_perception.binning.PolarBinning`` makes them; outputs
 ``labels`` (N,) int64 training ids, ``confidence`` (N,) float32 and ``point_logits`` (N, classes).
-The cell max pooling is one ScatterND node with reduction "max". The model config and class
+The cell max pooling is one ScatterElements node with reduction "max" (ScatterND, faster, races in
+ONNX Runtime: see ``export_onnx``). The model config and class
 names ride along as metadata, so ``Segmenter.from_checkpoint("model.onnx", backend=...)`` needs
 nothing else. After writing, the command runs the file in ONNX Runtime on real-sized scans and
 prints how far it is from the torch network (the training ``PolarNet``) it came from, on rings of
@@ -35,7 +36,7 @@ from m2s_perception.checkpoint import load_model
 from m2s_perception.models import ModelConfig
 from m2s_perception.models.polar_fused import FusedPolarNet
 
-OPSET = 18  # ScatterND reduction="max" needs 18
+OPSET = 18  # ScatterElements / ScatterND reduction="max" need 18
 INPUTS = ("features", "point_cell", "point_voxel", "cells")
 OUTPUTS = ("labels", "confidence", "point_logits")
 META_CONFIG, META_CLASSES = "m2s_model_config", "m2s_class_names"

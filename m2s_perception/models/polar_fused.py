@@ -7,9 +7,10 @@ the training network, all for speed:
 
 - every BatchNorm is folded into the convolution / linear layer next to it (eval statistics);
 - the cell max pooling starts from -inf and includes it: the same result as ``segment_max``
-  (every occupied cell has a point); it moves whole rows (``index_reduce``), exported as one ONNX
-  ScatterND with reduction "max" (opset 18), and the pooled cells go into the bird's-eye view the
-  same way (ScatterND), so no (N, C) index tensor is ever built;
+  (every occupied cell has a point); torch moves whole rows (``index_reduce``); the ONNX form is
+  one ScatterND "max" over rows (``pooling="rows"``, OpenVINO) or one ScatterElements "max"
+  (``pooling="elements"``, ONNX Runtime, whose ScatterND races), opset 18; the pooled cells go
+  into the bird's-eye view as rows too (ScatterND without reduction: cells are unique);
 - only the point logits are computed (no voxel unique, no distillation features), and the labels
   and confidences come out of the network, so an engine hands back N labels, not N × classes.
 """
