@@ -26,6 +26,15 @@ from m2s_perception.models.polar_fused import FusedPolarNet
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
+def _import_engine(name: str):
+    try:
+        return __import__(name)
+    except ImportError:
+        raise RuntimeError(
+            f"backend {name!r} is not installed: pip install 'm2s_perception[engine]' (or pip install {name})"
+        ) from None
+
+
 @dataclass
 class EngineOutput:
     labels: np.ndarray  # (N,) training ids (int64 from the engines; the caller narrows)
@@ -64,8 +73,7 @@ class OnnxRuntimeBackend:
         fp16: bool = False,
         max_points: int = 500_000,
     ):
-        import onnxruntime as ort
-
+        ort = _import_engine("onnxruntime")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if num_threads:
@@ -127,8 +135,7 @@ class OpenVinoBackend:
         fp16: bool = False,
         max_points: int = 500_000,  # unused: OpenVINO takes any size
     ):
-        import openvino as ov
-
+        ov = _import_engine("openvino")
         core = ov.Core()
         target = "CPU" if device == "cpu" else "GPU"
         if target not in core.available_devices:

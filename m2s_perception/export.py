@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from m2s_perception.backends import _import_engine
 from m2s_perception.binning import PolarBinning
 from m2s_perception.checkpoint import load_model
 from m2s_perception.models import ModelConfig
@@ -39,7 +40,7 @@ from m2s_perception.models.polar_fused import FusedPolarNet
 OPSET = 18  # ScatterElements / ScatterND reduction="max" need 18
 INPUTS = ("features", "point_cell", "point_voxel", "cells")
 OUTPUTS = ("labels", "confidence", "point_logits")
-META_CONFIG, META_CLASSES = "m2s_model_config", "m2s_class_names"
+META_CONFIG, META_CLASSES, META_POOLING = "m2s_model_config", "m2s_class_names", "m2s_pooling"
 
 
 class ExportError(ValueError):
@@ -63,7 +64,7 @@ def export_onnx(
     ``pooling="elements"`` (ScatterElements) runs correctly everywhere; "rows" (ScatterND, no
     (N, C) index) is faster but ONNX Runtime's CPU kernel races on it: OpenVINO only.
     """
-    import onnx
+    onnx = _import_engine("onnx")
 
     network = fused_network(model, config, pooling)
     example = PolarBinning(config)(ring_scan(config, 2000, seed=0))
@@ -92,7 +93,11 @@ def export_onnx(
             dynamo=False,  # the TorchScript exporter: no onnxscript needed, and it handles scatter_reduce
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    metadata = {META_CONFIG: json.dumps(config.to_dict()), META_CLASSES: json.dumps(list(class_names or []))}
+    metadata = {
+        META_CONFIG: json.dumps(config.to_dict()),
+        META_CLASSES: json.dumps(list(class_names or [])),
+        META_POOLING: pooling,
+    }
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -100,9 +105,9 @@ def export_onnx(
     return proto.SerializeToString()
 
 
-def read_metadata(model_bytes_or_path: bytes | str | Path) -> tuple[ModelConfig, list[str]]:
-    """The model config and class names an exported file carries."""
-    import onnx
+def read_metadata(model_bytes_or_path: bytes | str | Path) -> tuple[ModelConfig, list[str], str]:
+    """The model config, class names and pooling form an exported file carries."""
+    onnx = _import_engine("onnx")
 
     if isinstance(model_bytes_or_path, bytes):
         proto = onnx.load_from_string(model_bytes_or_path)
@@ -111,7 +116,8 @@ def read_metadata(model_bytes_or_path: bytes | str | Path) -> tuple[ModelConfig,
     meta = {entry.key: entry.value for entry in proto.metadata_props}
     if META_CONFIG not in meta:
         raise ExportError(f"{model_bytes_or_path}: not an m2s export (no {META_CONFIG} metadata); use m2s-export")
-    return ModelConfig.from_dict(json.loads(meta[META_CONFIG])), json.loads(meta.get(META_CLASSES, "[]"))
+    config = ModelConfig.from_dict(json.loads(meta[META_CONFIG]))
+    return config, json.loads(meta.get(META_CLASSES, "[]")), meta.get(META_POOLING, "elements")
 
 
 def ring_scan(config: ModelConfig, num_points: int, seed: int) -> np.ndarray:
@@ -176,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx (created)")
     parser.add_argument("--points", type=int, nargs="+", default=[120_000, 30_000], help="parity scan sizes")
     parser.add_argument("--scan", type=Path, nargs="*", default=[], help="also check these KITTI .bin scans")
+    parser.add_argument(
+        "--pooling",
+        choices=("elements", "rows"),
+        default="elements",
+        help="max-pooling form: elements (ScatterElements, every engine) or rows (ScatterND: faster, "
+        "OpenVINO only; ONNX Runtime's ScatterND max races between threads)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max |logit diff| the parity check accepts")
     args = parser.parse_args(argv)
 
@@ -184,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model, config, _meta = load_model(args.checkpoint, "cpu")
-        model_bytes = export_onnx(model, config, read_checkpoint(args.checkpoint).get("class_names"))
+        class_names = read_checkpoint(args.checkpoint).get("class_names")
+        model_bytes = export_onnx(model, config, class_names, args.pooling)
     except (ExportError, ValueError, FileNotFoundError) as err:
         print(f"m2s-export: {err}", file=sys.stderr)
         return 2
@@ -193,8 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(path, model_bytes)
     print(f"wrote {path} ({len(model_bytes) / 1e6:.1f} MB, opset {OPSET}, {config.backbone} width {config.width:g})")
 
-    backend = OnnxRuntimeBackend(path.read_bytes(), device="cpu")
-    print(f"parity with torch (ONNX Runtime {backend.version}, CPU, fp32):")
+    if args.pooling == "rows":
+        from m2s_perception.backends import OpenVinoBackend
+
+        backend, engine = OpenVinoBackend(path.read_bytes(), device="cpu"), "OpenVINO"
+    else:
+        backend, engine = OnnxRuntimeBackend(path.read_bytes(), device="cpu"), "ONNX Runtime"
+    print(f"parity with torch ({engine} {backend.version}, CPU, fp32):")
     worst = 0.0
     scans = [(f"ring {n}", ring_scan(config, n, seed=i + 1)) for i, n in enumerate(args.points)]
     try:

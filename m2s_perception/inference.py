@@ -18,7 +18,7 @@ from torch import nn
 from m2s_perception.backends import BACKENDS, OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
 from m2s_perception.binning import PolarBinning
 from m2s_perception.checkpoint import load_model, resolve_device
-from m2s_perception.labels import IGNORE_ID
+from m2s_perception.labels import IGNORE_ID, load_label_map
 from m2s_perception.models import ModelConfig
 from m2s_perception.models.polar_fused import FusedPolarNet
 
@@ -104,7 +104,15 @@ class Segmenter:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model not found: {path}")
             onnx_model = Path(path).read_bytes()
-            config, _class_names = read_metadata(onnx_model)
+            config, class_names, pooling = read_metadata(onnx_model)
+            if backend == "onnxruntime" and pooling != "elements":
+                raise ValueError(
+                    f"{path}: exported with --pooling {pooling}, which ONNX Runtime computes wrongly "
+                    "(its ScatterND max races); use backend 'openvino' or export with --pooling elements"
+                )
+            expected = list(load_label_map().class_names)
+            if class_names and class_names != expected:
+                raise ValueError(f"{path}: its classes {class_names} differ from the label map's {expected}")
             return cls(None, config, device, fp16, backend, num_threads, onnx_model)
         model, config, _meta = load_model(path, resolve_device(device))
         return cls(model, config, device, fp16, backend, num_threads)

@@ -137,7 +137,7 @@ def test_export_pools_with_one_scatter_max_node(exported):
     assert reductions == ["max"] and len(scatters) == 2  # the max pooling; the copy into the BEV map
     assert not [n for n in proto.graph.node if n.op_type == "If"]
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == OPSET >= 18
-    assert read_metadata(exported[1]) == (CONFIG, ["unlabeled", "car"])
+    assert read_metadata(exported[1]) == (CONFIG, ["unlabeled", "car"], "elements")
 
 
 def test_m2s_export_writes_a_file_every_backend_runs_and_prints_parity(tmp_path, capsys):
@@ -152,6 +152,13 @@ def test_m2s_export_writes_a_file_every_backend_runs_and_prints_parity(tmp_path,
     printed = capsys.readouterr().out
     assert "parity with torch" in printed and printed.count("labels agree on 100.000 %") == 2
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["model.onnx"]
+
+    # The faster ScatterND form: OpenVINO checks it; ONNX Runtime refuses it (its ScatterND max races).
+    argv = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "rows"), "--points", "3000", "--pooling", "rows"]
+    assert main(argv) == 0
+    assert "OpenVINO" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="races"):
+        Segmenter.from_checkpoint(tmp_path / "rows" / "model.onnx", "cpu", backend="onnxruntime")
 
     points = cloud_with_edges(2000, 7)
     torch_labels = Segmenter.from_checkpoint(checkpoint, "cpu").predict(points)
