@@ -7,8 +7,8 @@ It computes what ``CylindricalGrid.locate`` + ``torch.unique`` compute inside ``
   O(points + cells) and already in ascending order, like ``torch.unique(sorted=True)``;
 - every array lives in buffers kept between scans (grown only when a scan has more points than any
   before), so a steady stream of scans allocates nothing on this path;
-- the features are laid out channel-first (9, N): the network's point MLP then runs as W @ F with
-  no transpose, and the pooled cells land in the (C, rho·phi) bird's-eye view directly.
+- the features are laid out channel-first (9, N), so that every row is one contiguous numpy
+  ufunc pass; the network transposes them once (9 × N floats) for its row-wise point MLP.
 
 The arrays handed out are views into those buffers: valid until the next call.
 """

@@ -1,4 +1,4 @@
-"""The polar network for inference: BatchNorm folded away, channel-first, integer bins as inputs.
+"""The polar network for inference: BatchNorm folded away, integer bins as inputs, labels as outputs.
 
 ``FusedPolarNet(PolarNet)`` computes the same point logits as ``PolarNet.forward`` (up to float
 rounding) from what ``m2s_perception.binning.PolarBinning`` gives it. It is what every inference
