@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
-EXTRAS ?= ros,synth,spconv,dev
+EXTRAS ?= ros,synth,spconv,dev,engine
 STAMP := $(VENV)/.m2s-installed
 
 # DDS never leaves loopback on these machines, and every make run gets its own ROS domain.

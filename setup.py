@@ -36,6 +36,9 @@ setup(
         "spconv": ["spconv>=2.3"],  # Cylinder3D backbone; on CUDA 12 install spconv-cu12x instead
         # colcon + osrf-pycommon + lark: tests/test_launch.py builds the package and runs the launch file
         # (with ../shared/vendor's launch sources); psutil: process checks in the reliability tests
+        # m2s-export and the Segmenter backends 'onnxruntime' / 'openvino' (CPU). On an NVIDIA GPU install
+        # onnxruntime-gpu instead of onnxruntime (CUDA and TensorRT execution providers).
+        "engine": ["onnx>=1.16", "onnxruntime>=1.17", "openvino>=2024.0"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2",
@@ -56,6 +59,7 @@ setup(
             "m2s-eval = m2s_training.evaluate:main",
             "m2s-bag = m2s_training.bag.cli:main",
             "m2s-segment = m2s_perception.node:main",
+            "m2s-export = m2s_perception.export:main",
         ],
     },
 )

@@ -1,24 +1,39 @@
-"""Forward latency per scan of the teacher (width 1.0) and student (width 0.5) of each backbone.
+"""Forward latency per scan of each backbone (teacher vs student), then of the inference engines.
 
     .venv/bin/python bench/bench_backbones.py [--points 120000] [--repeats 5] [--device cpu cuda]
+    .venv/bin/python bench/bench_backbones.py --backbones --backends torch onnxruntime openvino \
+        [--threads 2] [--checkpoint m2s_perception/weights/demo_student.pt] [--real ../shared/real]
 
 The scan is a synthetic 64-beam spinning LiDAR (HDL-64-like elevations) looking at a ground plane
 and a ring of walls, so its density falls with range like a real scan. Timing covers the whole
 model call (grid assignment, point MLP, pooling, network, gathering), as ``Segmenter.predict``
 runs it: inference mode, fp16 autocast on CUDA. Prints a Markdown table.
+
+``--backends`` times ``Segmenter.predict`` (numpy in, labels out) per engine on the same scans in
+one run, round-robin so that load from other processes hits all alike, against the path every
+Segmenter took before the engines: the training ``PolarNet.forward`` + argmax ("torch-train").
+It prints the ratio and the share of points whose label equals that path's (float32 CPU). The
+model is ``--checkpoint`` or a randomly initialised polar student (config/model_polar.yaml,
+width 0.5); ``--real DIR`` adds every ``*.bin`` scan under DIR (SemanticKITTI x y z remission;
+nuScenes ``*.pcd.bin`` x y z intensity ring, intensity / 255), for evaluation only.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from m2s_perception.inference import Segmenter, labels_from_logits
 from m2s_perception.models import ModelConfig, build_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 SENSOR_HEIGHT = 1.73  # metres above the ground, as on the KITTI car
 
@@ -74,17 +89,24 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=120_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", nargs="+", default=["cpu", "cuda"], help="devices to try (cuda skipped if absent)")
-    parser.add_argument("--backbones", nargs="+", default=["polar", "cylinder"])
+    parser.add_argument("--backbones", nargs="*", default=["polar", "cylinder"])
     parser.add_argument("--widths", nargs=2, type=float, default=[1.0, 0.5], metavar=("TEACHER", "STUDENT"))
+    parser.add_argument("--backends", nargs="*", default=[], help="engines to time (torch onnxruntime openvino)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (0: library default)")
+    parser.add_argument("--checkpoint", type=Path, help="engine section: a polar checkpoint (default: random)")
+    parser.add_argument("--real", type=Path, help="engine section: also every *.bin scan under this folder")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     devices = [torch.device(d) for d in args.device if d != "cuda" or torch.cuda.is_available()]
     scan = synthetic_scan(args.points)
     print(f"scan: {len(scan)} points, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     if torch.cuda.is_available():
         print(f"cuda: {torch.cuda.get_device_name()}")
-    print("| backbone | device | width | params | ms / scan | teacher / student |")
-    print("|---|---|---|---|---|---|")
+    if args.backbones:
+        print("| backbone | device | width | params | ms / scan | teacher / student |")
+        print("|---|---|---|---|---|---|")
     for device in devices:
         cloud = torch.from_numpy(scan).to(device)
         for backbone in args.backbones:
@@ -92,6 +114,70 @@ def main() -> None:
             print(table_row(teacher, ""), flush=True)
             ratio = f"{teacher.median_ms / student.median_ms:.2f}x time, {teacher.params / student.params:.2f}x params"
             print(table_row(student, ratio), flush=True)
+
+    if args.backends:
+        scans = {f"synthetic {len(scan)}": scan}
+        for path in sorted(args.real.rglob("*.bin")) if args.real else []:
+            scans[path.name] = read_scan(path)
+        for device in devices:
+            compare_backends(args.backends, args.checkpoint, device, scans, args.repeats, args.threads)
+
+
+def read_scan(path: Path) -> np.ndarray:
+    """A SemanticKITTI .bin (x y z remission) or a nuScenes .pcd.bin (x y z intensity 0..255 ring)."""
+    if path.name.endswith(".pcd.bin"):
+        cloud = np.fromfile(path, np.float32).reshape(-1, 5)[:, :4].copy()
+        cloud[:, 3] /= 255.0
+        return cloud
+    return np.fromfile(path, np.float32).reshape(-1, 4)
+
+
+def compare_backends(
+    backends: list[str], checkpoint: Path | None, device: torch.device, scans: dict, repeats: int, threads: int
+) -> None:
+    if checkpoint is None:
+        config = ModelConfig.from_yaml(REPO / "config/model_polar.yaml")
+        config.width = 0.5
+        torch.manual_seed(0)
+        model, name = build_model(config).eval(), "random polar student (model_polar.yaml, width 0.5)"
+    else:
+        segmenter = Segmenter.from_checkpoint(checkpoint, "cpu")
+        model, config, name = segmenter.model, segmenter.config, checkpoint.name
+    model = model.to(device)
+    fp16 = device.type == "cuda"
+
+    def train_path(cloud: np.ndarray) -> np.ndarray:  # what Segmenter.predict ran before the engines
+        points = torch.from_numpy(cloud).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=fp16):
+            logits = model(points, torch.zeros(len(points), dtype=torch.long, device=device), 1).point_logits
+            return labels_from_logits(logits)[0].to(torch.uint8).cpu().numpy()
+
+    runners = {"torch-train": train_path}
+    for backend in backends:
+        engine = Segmenter(copy.deepcopy(model), config, device, backend=backend, num_threads=threads or None)
+        runners[backend] = lambda cloud, e=engine: e.predict(cloud).labels
+    print(f"\nengines, {name}, device {device.type}, threads {threads or 'default'}, median of {repeats}")
+    print("| scan | points | engine | ms / scan | speed-up vs torch-train | labels = torch-train |")
+    print("|---|---|---|---|---|---|")
+    for scan_name, cloud in scans.items():
+        reference = runners["torch-train"](cloud)
+        times = {engine: [] for engine in runners}
+        labels = {engine: runners[engine](cloud) for engine in runners}  # warm-up, and the labels
+        for _ in range(repeats):
+            for engine, run in runners.items():
+                if fp16:
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                run(cloud)
+                if fp16:
+                    torch.cuda.synchronize(device)
+                times[engine].append(1e3 * (time.perf_counter() - start))
+        base = statistics.median(times["torch-train"])
+        for engine, values in times.items():
+            ms = statistics.median(values)
+            agree = 100 * float(np.mean(labels[engine] == reference))
+            row = f"| {scan_name} | {len(cloud)} | {engine} | {ms:.0f} | {base / ms:.2f}x | {agree:.3f} % |"
+            print(row, flush=True)
 
 
 def table_row(m: Measurement, ratio: str) -> str:

@@ -1,6 +1,9 @@
 """One way to segment a cloud: numpy (N, 4) in, training ids 1..19 and confidence out.
 
 The node, ``m2s-eval`` and ``m2s-bag evaluate`` all call ``Segmenter.predict``, so they agree.
+A polar model runs as ``FusedPolarNet`` (BatchNorm folded) on numpy binning, through the engine
+``backend`` names: ``torch``, ``onnxruntime`` or ``openvino`` (m2s_perception/backends.py). The
+cylinder backbone runs its training network in torch (it has no ONNX form).
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from m2s_perception.checkpoint import load_model, resolve_device
-from m2s_perception.labels import IGNORE_ID
+from m2s_perception.backends import BACKENDS, OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
+from m2s_perception.binning import PolarBinning
+from m2s_perception.checkpoint import CheckpointError, load_model, resolve_device
+from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
 from m2s_perception.models import ModelConfig
+from m2s_perception.models.polar_fused import FusedPolarNet
+
+# The largest scan a TensorRT engine is built for (m2s-segment's max_points default).
+TENSORRT_MAX_POINTS = 500_000
 
 
 @dataclass
@@ -32,24 +41,98 @@ def labels_from_logits(point_logits: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 class Segmenter:
+    """``backend``: torch | onnxruntime | openvino. ``num_threads``: CPU threads of the engine
+    (torch: ``torch.set_num_threads``, which is process-wide); ``None`` or 0 = the library's default.
+    ``fp16=None`` → half precision on CUDA (torch autocast / TensorRT fp16); CPUs run float32.
+    """
+
     def __init__(
-        self, model: nn.Module, config: ModelConfig, device: str | torch.device = "auto", fp16: bool | None = None
+        self,
+        model: nn.Module | None,
+        config: ModelConfig,
+        device: str | torch.device = "auto",
+        fp16: bool | None = None,
+        backend: str = "torch",
+        num_threads: int | None = None,
+        onnx_model: bytes | None = None,
     ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if num_threads is not None and num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0 (0: library default), got {num_threads}")
         self.device = resolve_device(device)
         self.fp16 = self.device.type == "cuda" if fp16 is None else fp16 and self.device.type == "cuda"
-        self.model = model.to(self.device).eval()
-        self.config = config
+        self.config, self.backend = config, backend
+        self.model = model.eval() if model is not None else None
+        if backend == "torch" and num_threads:
+            torch.set_num_threads(num_threads)
+        self.binning = PolarBinning(config) if config.backbone == "polar" else None
+        if self.binning is None:
+            if backend != "torch":
+                raise ValueError(
+                    f"backend {backend!r} needs a polar model; the {config.backbone!r} backbone "
+                    "(spconv sparse convolutions) has no ONNX form: use backend 'torch'"
+                )
+            self.model.to(self.device)
+            self.engine = None
+        elif backend == "torch":
+            if self.model is None:
+                raise ValueError("an exported .onnx model runs with backend 'onnxruntime' or 'openvino', not 'torch'")
+            self.engine = TorchBackend(FusedPolarNet(self.model), self.device, self.fp16)
+        else:
+            if onnx_model is None:
+                from m2s_perception.export import export_onnx
+
+                # ScatterND pooling is faster but races in ONNX Runtime's CPU kernel (see polar_fused.py).
+                onnx_model = export_onnx(self.model, config, pooling="rows" if backend == "openvino" else "elements")
+            engine = OnnxRuntimeBackend if backend == "onnxruntime" else OpenVinoBackend
+            self.engine = engine(onnx_model, self.device.type, num_threads or None, self.fp16, TENSORRT_MAX_POINTS)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", fp16: bool | None = None) -> Segmenter:
-        """``fp16=None`` → half-precision autocast on CUDA; CPU always runs float32."""
-        model, config, _meta = load_model(path, resolve_device(device))
-        return cls(model, config, device, fp16)
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        fp16: bool | None = None,
+        backend: str = "torch",
+        num_threads: int | None = None,
+        label_map: LabelMap | None = None,
+    ) -> Segmenter:
+        """A checkpoint (.pt), or an ``m2s-export`` file (.onnx) for the onnxruntime / openvino backends.
+
+        ``label_map`` (default: the packaged one) must have the model's classes, else ``CheckpointError``.
+        """
+        if Path(path).suffix == ".onnx":
+            from m2s_perception.export import read_metadata
+
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"model not found: {path}")
+            onnx_model = Path(path).read_bytes()
+            config, class_names, pooling = read_metadata(onnx_model)
+            if backend == "onnxruntime" and pooling != "elements":
+                raise ValueError(
+                    f"{path}: exported with --pooling {pooling}, which ONNX Runtime computes wrongly "
+                    "(its ScatterND max races); use backend 'openvino' or export with --pooling elements"
+                )
+            expected = list((label_map or load_label_map()).class_names)
+            if class_names and class_names != expected:
+                raise CheckpointError(f"{path}: its classes {class_names} differ from the label map's {expected}")
+            return cls(None, config, device, fp16, backend, num_threads, onnx_model)
+        model, config, _meta = load_model(path, resolve_device(device), label_map)
+        return cls(model, config, device, fp16, backend, num_threads)
+
+    def describe(self) -> str:
+        """Which engine runs the model, for logs: e.g. 'onnxruntime 1.32.0 on cpu'."""
+        engine = self.engine.version if self.engine is not None else torch.__version__
+        return f"{self.backend} {engine} on {self.device.type}{' fp16' if self.fp16 else ''}"
 
     def predict(self, points: np.ndarray) -> Prediction:
         points = _checked_cloud(points)
         if len(points) == 0:
             return Prediction(np.zeros(0, np.uint8), np.zeros(0, np.float32))
+        if self.engine is not None:
+            out = self.engine.run(self.binning(points), logits=False)
+            return Prediction(out.labels.astype(np.uint8), out.confidence.astype(np.float32, copy=False))
         cloud = torch.from_numpy(points).to(self.device, non_blocking=True)
         batch_index = torch.zeros(len(cloud), dtype=torch.long, device=self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, torch.float16, enabled=self.fp16):

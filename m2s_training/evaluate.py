@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from m2s_perception.checkpoint import CheckpointError, read_checkpoint
+from m2s_perception.backends import BACKENDS
+from m2s_perception.checkpoint import CheckpointError
 from m2s_perception.inference import Segmenter
-from m2s_perception.labels import LabelMap, load_label_map
+from m2s_perception.labels import load_label_map
 from m2s_training.atomic import write_text_atomic
 from m2s_training.data.semantic_kitti import KittiFormatError, Sequence, existing_split, write_prediction
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
@@ -41,19 +42,19 @@ def evaluate(
     device: str = "auto",
     max_scans: int | None = None,
     label_map: str | Path | None = None,
+    backend: str = "torch",
 ) -> dict:
     """Predict, write predictions and metrics; return the metrics dict that went to metrics.json.
 
     ``label_map``: the label map YAML the checkpoint was trained with (None: the packaged one).
     """
-    label_map_path, label_map = label_map, load_label_map(label_map)
+    label_map = load_label_map(label_map)
     out = Path(out)
     sequences = [Sequence(data, name) for name in existing_split(data, split, label_map)]
     for seq in sequences:
         if not seq.has_labels:
             raise KittiFormatError(f"{seq.path / 'labels'}: evaluation needs ground-truth labels")
-    check_class_names(checkpoint, label_map, label_map_path)
-    segmenter = Segmenter.from_checkpoint(checkpoint, device)
+    segmenter = Segmenter.from_checkpoint(checkpoint, device, backend=backend, label_map=label_map)
     # metrics.json marks a finished run: an earlier run's must not sit beside this run's partial output.
     (out / "metrics.json").unlink(missing_ok=True)
     scans = [(seq, i) for seq in sequences for i in range(len(seq))][:max_scans]
@@ -76,22 +77,13 @@ def evaluate(
         "split": split,
         "checkpoint": str(checkpoint),
         "device": str(segmenter.device),
+        "backend": backend,
         "seconds": round(seconds, 3),
         "ms_per_scan": round(1000 * seconds / max(1, len(scans)), 2),
     }
     plot_iou(metrics, label_map, out / "iou.png", title=f"{Path(checkpoint).name} on {split} ({len(scans)} scans)")
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=1) + "\n")  # last: the run is complete
     return result
-
-
-def check_class_names(checkpoint: str | Path, label_map: LabelMap, label_map_path: str | Path | None) -> None:
-    """Refuse a checkpoint trained for other classes before any scan is scored with the wrong names."""
-    names = read_checkpoint(checkpoint).get("class_names")
-    if names is not None and tuple(names) != label_map.class_names:
-        raise CheckpointError(
-            f"{checkpoint}: trained for classes {', '.join(names)}, but the label map "
-            f"{label_map_path or '(packaged)'} has {', '.join(label_map.class_names)}; pass --label-map"
-        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,10 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max-scans", type=int, help="evaluate only the first N scans of the split")
     parser.add_argument("--label-map", help="label map YAML the checkpoint was trained with (default: packaged)")
+    parser.add_argument(
+        "--backend", default="torch", choices=BACKENDS, help="inference engine (onnxruntime/openvino: polar models)"
+    )
     args = parser.parse_args(argv)
     try:
-        result = evaluate(args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans, args.label_map)
-    except (FileNotFoundError, KittiFormatError, CheckpointError, KeyError) as err:
+        result = evaluate(
+            args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans, args.label_map, args.backend
+        )
+    except (FileNotFoundError, KittiFormatError, CheckpointError, KeyError, ValueError) as err:
         sys.exit(f"m2s-eval: {err}")
     print(f"mIoU {result['miou']:.4f}  accuracy {result['accuracy']:.4f}  hard mIoU {result['hard_miou']:.4f}")
     print(f"{result['scans']} scans, {result['ms_per_scan']} ms/scan on {result['device']}; wrote {args.out}")

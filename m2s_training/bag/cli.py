@@ -134,6 +134,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     timing.add_argument("--lockstep", action="store_true",
                         help="publish each scan only after the node answered the previous one (no drops)")  # fmt: skip
     p.add_argument("--device", default="auto", help="the node's device: auto, cpu, cuda, cuda:1")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino"),
+                   help="the node's inference engine (onnxruntime/openvino: polar models)")  # fmt: skip
     p.add_argument("--cloud-topic", default=CLOUD_TOPIC)
     p.add_argument("--labels-topic", default=GROUND_TRUTH_TOPIC)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node (start, each scan)")
@@ -144,7 +146,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from m2s_training.bag.evaluate import EvaluationOptions, evaluate_bag, print_summary
 
     options = EvaluationOptions(
-        rate=args.rate, lockstep=args.lockstep, device=args.device, cloud_topic=args.cloud_topic,
+        rate=args.rate, lockstep=args.lockstep, device=args.device, backend=args.backend, cloud_topic=args.cloud_topic,
         labels_topic=args.labels_topic, timeout=args.timeout,
     )  # fmt: skip
     report = evaluate_bag(args.bag, args.checkpoint, args.out, options)

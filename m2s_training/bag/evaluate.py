@@ -71,6 +71,7 @@ class EvaluationOptions:
     rate: float = 1.0
     lockstep: bool = False  # wait for the node's answer to each scan before the next: nothing dropped
     device: str = "auto"  # the node's device
+    backend: str = "torch"  # the node's inference engine: torch | onnxruntime | openvino
     cloud_topic: str = CLOUD_TOPIC
     labels_topic: str = GROUND_TRUTH_TOPIC
     output_topic: str = OUTPUT_TOPIC
@@ -104,6 +105,8 @@ def node_parameters(checkpoint: Path, options: EvaluationOptions) -> dict:
         "input_reliability": "reliable",
         "output_reliability": "reliable",
     }
+    if options.backend != "torch":  # only when set: a node without the parameter still runs the default
+        parameters["backend"] = options.backend
     return {**parameters, **options.node_parameters}
 
 
