@@ -178,7 +178,7 @@ class Frame:
     points: np.ndarray  # (N, 4) float32
     semantic: np.ndarray | None  # (N,) uint16 raw ids
     instance: np.ndarray | None  # (N,) uint16
-    pose: np.ndarray  # (4, 4) T_world_lidar
+    pose: np.ndarray | None  # (4, 4) T_world_lidar; None for a folder without poses.txt (real scans)
 
 
 class Sequence:
@@ -207,6 +207,11 @@ class Sequence:
     def has_labels(self) -> bool:
         return (self.path / "labels").is_dir()
 
+    @property
+    def has_poses(self) -> bool:
+        """A plain folder of scans (e.g. a few real ones) may come without poses, calib and times."""
+        return (self.path / "poses.txt").is_file()
+
     @cached_property
     def calib(self) -> dict[str, np.ndarray]:
         return read_calib(self.path / "calib.txt")
@@ -232,7 +237,8 @@ class Sequence:
         semantic = instance = None
         if with_labels and self.has_labels:
             semantic, instance = self.labels(index, len(points))
-        return Frame(self.name, index, points, semantic, instance, self.poses[index])
+        pose = self.poses[index] if self.has_poses else None
+        return Frame(self.name, index, points, semantic, instance, pose)
 
 
 def list_sequences(root: str | Path) -> list[str]:
