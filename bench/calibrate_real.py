@@ -98,7 +98,7 @@ def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
         offset = 0.0 if style == "-" else 0.4
         axes[1, 0].bar(np.arange(len(names)) + offset, shares, width=0.4, label=title)
         axes[1, 0].set_xticks(np.arange(len(names)) + 0.2, names, rotation=45)
-        axes[1, 1].hist(stats["elevation"], bins=np.arange(-26, 4, 0.05), histtype="step", label=title)
+        axes[1, 1].hist(stats["elevation"], bins=np.arange(-26, 4, 0.1), histtype="step", label=title, density=True)
         axes[1, 2].hist(stats["rho"], bins=100, range=(0, 80), histtype="step", label=title, density=True)
     axes[0, 0].set(title="remission per class", xlabel="remission")
     axes[0, 1].set(title="height z per class (sensor frame)", xlabel="z [m]")
