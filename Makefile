@@ -18,6 +18,8 @@ export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install test test-slow lint format bench demo clean
+# Real scans `make demo` also labels, when the folder exists.
+REAL ?= ../shared/real/semantickitti
 
 install: $(STAMP)
 
@@ -47,7 +49,7 @@ bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 demo: $(STAMP)
-	$(BIN)/python -m m2s_training.demo --out runs/demo
+	$(BIN)/python -m m2s_training.demo --out runs/demo $(if $(wildcard $(REAL)/sequences),--real $(REAL))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

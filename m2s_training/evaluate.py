@@ -34,7 +34,13 @@ from m2s_perception.checkpoint import CheckpointError
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import LabelMap, load_label_map
 from m2s_training.atomic import atomic_path, write_text_atomic
-from m2s_training.data.semantic_kitti import KittiFormatError, Sequence, split_sequences, write_prediction
+from m2s_training.data.semantic_kitti import (
+    KittiFormatError,
+    Sequence,
+    list_sequences,
+    split_sequences,
+    write_prediction,
+)
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
 
@@ -53,7 +59,8 @@ def evaluate(
     out = Path(out)
     if not (Path(data) / "sequences").is_dir():
         raise KittiFormatError(f"{data}: no sequences/ folder (expected SemanticKITTI layout ROOT/sequences/XX)")
-    sequences = [Sequence(data, name) for name in split_sequences(data, split, label_map)]
+    names = list_sequences(data) if split == "all" else split_sequences(data, split, label_map)
+    sequences = [Sequence(data, name) for name in names]
     if not sequences:
         wanted = " ".join(label_map.sequences(split))
         raise KittiFormatError(f"{data}/sequences: none of the {split} sequences ({wanted}) exist")
@@ -130,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--checkpoint", required=True, help="m2s checkpoint (.pt)")
     parser.add_argument("--data", required=True, help="SemanticKITTI-layout root holding sequences/XX")
-    parser.add_argument("--split", default="val", help="train | val | test (sequences of the label map's split)")
+    parser.add_argument(
+        "--split", default="val", help="train | val | test (the label map's split) | all (every sequence folder)"
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max-scans", type=int, help="evaluate only the first N scans of the split")

@@ -79,11 +79,11 @@ def test_eval_real_folder_without_poses_reports_present_class_miou(setup, tmp_pa
     """A folder of real scans has only velodyne/ and labels/: m2s-eval must still score it."""
     data, checkpoint = setup
     real = tmp_path / "real"
-    (real / "sequences" / "00").mkdir(parents=True)
+    (real / "sequences" / "05").mkdir(parents=True)
     for folder in ("velodyne", "labels"):
-        (real / "sequences" / "00" / folder).symlink_to(data / "sequences" / "08" / folder)
+        (real / "sequences" / "05" / folder).symlink_to(data / "sequences" / "08" / folder)
     out = tmp_path / "out"
-    main(["--checkpoint", str(checkpoint), "--data", str(real), "--split", "train", "--out", str(out),
+    main(["--checkpoint", str(checkpoint), "--data", str(real), "--split", "all", "--out", str(out),
           "--device", "cpu", "--bev", "1"])  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["scans"] == 3
@@ -94,4 +94,5 @@ def test_eval_real_folder_without_poses_reports_present_class_miou(setup, tmp_pa
     assert metrics["present_miou"] == pytest.approx(np.mean(ious))
     assert metrics["present_miou"] >= metrics["miou"]  # absent classes count 0 in the official mean
     assert "present-class mIoU" in capsys.readouterr().out
-    assert (out / "bev_00_000000.png").stat().st_size > 0
+    assert metrics["sequences"] == ["05"]
+    assert (out / "bev_05_000000.png").stat().st_size > 0
