@@ -1,6 +1,6 @@
 """``python -m m2s_training.demo`` (what ``make demo`` runs): the whole ROS path on a CPU in about a minute.
 
-1. generate a small synthetic sequence 08 in SemanticKITTI layout (``m2s-synth``);
+1. generate a small synthetic sequence 08 in SemanticKITTI layout (``m2s-synth --preset kitti``);
 2. convert it to a rosbag2 bag (``m2s-bag kitti2bag``);
 3. replay the bag through the real ``m2s-segment`` node, over DDS on loopback, with the shipped
    demo weights, and score the labelled clouds it publishes (``m2s-bag evaluate --lockstep``);
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for data, bags, PNGs, metrics")
     parser.add_argument("--checkpoint", type=Path, default=DEMO_WEIGHTS, help="model to run (default: demo weights)")
     parser.add_argument("--scans", type=int, default=10, help="scans in the synthetic sequence")
-    parser.add_argument("--preset", default="tiny", help="m2s-synth preset; the demo weights were trained on tiny")
+    parser.add_argument("--preset", default="kitti", help="m2s-synth preset; the demo weights were trained on kitti")
     parser.add_argument("--seed", type=int, default=1, help="scene seed (the demo weights never saw seed 1)")
     parser.add_argument("--device", default="cpu", help="the node's device: cpu, auto, cuda")
     parser.add_argument("--real", type=Path, help="also label these real scans (SemanticKITTI layout, with labels)")
