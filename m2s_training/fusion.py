@@ -18,6 +18,11 @@ neighbour and scan t) cannot be placed by the poses:
 ``only_present=True`` (the official code's choice) fuses only instances that are also visible in
 scan t; with ``False`` static instances that scan t misses (occluded, out of range) are fused too.
 
+The official M2SKD code fuses differently, and ``placement="centroid"`` with
+``full_history_only=True`` reproduces it: poses are not used at all, every instance is translated
+so its centroid equals the same instance's centroid in scan t (instances absent from scan t are
+dropped), and scans with fewer than ``k_previous`` predecessors get no fused points.
+
 Fused inputs are cached on disk as ``.npz`` keyed by sequence, scan index and a hash of the
 configuration and the data root; writes are atomic.
 """
@@ -38,6 +43,7 @@ from m2s_training.atomic import atomic_path
 from m2s_training.data.semantic_kitti import KittiFormatError, Sequence
 
 MovingPolicy = Literal["align", "drop"]
+Placement = Literal["poses", "centroid"]
 _CACHE_VERSION = 1
 
 
@@ -91,11 +97,15 @@ class MultiScanFuser:
         motion_threshold: float = 1.0,
         cache_dir: str | Path | None = None,
         label_map: LabelMap | None = None,
+        placement: Placement = "poses",
+        full_history_only: bool = False,
     ):
         if k_previous < 0 or k_next < 0:
             raise ValueError(f"k_previous and k_next must be >= 0, got {k_previous}, {k_next}")
         if moving not in ("align", "drop"):
             raise ValueError(f"moving must be 'align' or 'drop', got {moving!r}")
+        if placement not in ("poses", "centroid"):
+            raise ValueError(f"placement must be 'poses' or 'centroid', got {placement!r}")
         self.label_map = label_map or load_label_map()
         self.hard_classes = tuple(self.label_map.hard_classes if hard_classes is None else hard_classes)
         self.hard_train_ids = np.array(self.label_map.hard_class_ids(self.hard_classes), dtype=np.int64)
@@ -104,6 +114,8 @@ class MultiScanFuser:
         self.moving = moving
         self.only_present = only_present
         self.motion_threshold = float(motion_threshold)
+        self.placement = placement
+        self.full_history_only = full_history_only
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.is_hard_train_id = np.zeros(self.label_map.num_classes, dtype=bool)
         self.is_hard_train_id[self.hard_train_ids] = True
@@ -119,11 +131,15 @@ class MultiScanFuser:
             "moving": self.moving,
             "only_present": self.only_present,
             "motion_threshold": self.motion_threshold,
+            "placement": self.placement,
+            "full_history_only": self.full_history_only,
             "version": _CACHE_VERSION,
         }
 
     def neighbours(self, index: int, length: int) -> list[int]:
         """Scan indices fused into scan ``index``: up to k previous, then up to k next."""
+        if self.full_history_only and index < self.k_previous:
+            return []
         previous = range(max(0, index - self.k_previous), index)
         following = range(index + 1, min(length, index + 1 + self.k_next))
         return [*previous, *following]
@@ -155,6 +171,8 @@ class MultiScanFuser:
     # --- the work ------------------------------------------------------------------------------
 
     def _fuse(self, sequence: Sequence, index: int) -> FusedPoints:
+        if self.placement == "centroid":
+            return self._fuse_by_centroids(sequence, index)
         poses = sequence.poses
         current = self._instances(sequence, index, transform=None)
         world_from_current = poses[index]
@@ -164,6 +182,23 @@ class MultiScanFuser:
         for j in self.neighbours(index, len(sequence)):
             neighbour = self._instances(sequence, j, transform=current_from_world @ poses[j])
             parts.append(self._place(neighbour, current, current_world_centroids, world_from_current))
+        return FusedPoints.concatenate(parts)
+
+    def _fuse_by_centroids(self, sequence: Sequence, index: int) -> FusedPoints:
+        """The official M2SKD rule: no poses; each neighbour instance moved onto its centroid in scan t."""
+        current = self._instances(sequence, index, transform=None)
+        parts = []
+        for j in self.neighbours(index, len(sequence)):
+            neighbour = self._instances(sequence, j, transform=None)
+            present, rows = _rows_in(current.unique_keys, neighbour.unique_keys)
+            shift = np.zeros_like(neighbour.centroids)
+            shift[present] = current.centroids[rows[present]] - neighbour.centroids[present]
+            point_keep = present[neighbour.inverse]
+            points = neighbour.points[point_keep].copy()
+            points[:, :3] += shift[neighbour.inverse[point_keep]]
+            parts.append(
+                FusedPoints(points.astype(np.float32), neighbour.semantic[point_keep], neighbour.instance[point_keep])
+            )
         return FusedPoints.concatenate(parts)
 
     def _place(
@@ -177,13 +212,8 @@ class MultiScanFuser:
         if not len(neighbour.unique_keys):
             return FusedPoints.empty()
         moving = neighbour.has_moving_label.copy()
-        present = np.zeros(len(neighbour.unique_keys), bool)
-        row_in_current = np.zeros(len(neighbour.unique_keys), np.int64)
-        if len(current.unique_keys):
-            row_in_current = np.minimum(
-                np.searchsorted(current.unique_keys, neighbour.unique_keys), len(current.unique_keys) - 1
-            )
-            present = current.unique_keys[row_in_current] == neighbour.unique_keys
+        present, row_in_current = _rows_in(current.unique_keys, neighbour.unique_keys)
+        if present.any():
             rows = row_in_current[present]
             moving[present] |= current.has_moving_label[rows]
             # Both centroids in the world frame: a static object stays put whatever the sensor did.
@@ -225,6 +255,14 @@ class MultiScanFuser:
         )
         has_moving = np.bincount(inverse, weights=self.is_moving_raw[semantic], minlength=len(unique_keys)) > 0
         return _Instances(points, semantic, instance, unique_keys, inverse, centroids, has_moving)
+
+
+def _rows_in(current_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``keys``: whether the sorted ``current_keys`` hold it, and at which row (0 if not)."""
+    if not len(current_keys):
+        return np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
+    rows = np.minimum(np.searchsorted(current_keys, keys), len(current_keys) - 1)
+    return current_keys[rows] == keys, rows
 
 
 def _apply(transform: np.ndarray, xyz: np.ndarray) -> np.ndarray:

@@ -191,3 +191,44 @@ def test_bad_arguments_and_unlabelled_sequences_fail_clearly(sequence, tmp_path)
     write_scan(bare / "000000.bin", np.zeros((3, 4), np.float32))
     with pytest.raises(KittiFormatError, match="needs labels"):
         MultiScanFuser().fuse(Sequence(tmp_path, "01"), 0)
+
+
+OFFICIAL_THING_CLASSES = ["bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist", "motorcyclist"]
+
+
+def _official_fuser(**kwargs) -> MultiScanFuser:
+    return MultiScanFuser(
+        hard_classes=OFFICIAL_THING_CLASSES, k_previous=4, placement="centroid", full_history_only=True, **kwargs
+    )
+
+
+def test_official_centroid_placement_ignores_poses(sequence, monkeypatch):
+    def no_poses(self):
+        raise AssertionError("the official placement must not read poses")
+
+    monkeypatch.setattr(Sequence, "poses", property(no_poses))
+    fused = _official_fuser().fuse(sequence, 5)
+    # person 1, the walker (4) and the runner (5) are in scan 5: one copy from each of scans 1..4;
+    # car is no thing class of the official list; the pole left the view (absent from scan 5).
+    assert set(zip(fused.semantic.tolist(), fused.instance.tolist(), strict=True)) == {
+        (PERSON, 1),
+        (MOVING_PERSON, 4),
+        (PERSON, 5),
+    }
+    for raw_id, instance_id in [(PERSON, 1), (MOVING_PERSON, 4), (PERSON, 5)]:
+        now = _points_of(sequence, 5, raw_id, instance_id)[:, :3]
+        copies = np.split(_fused_instance(fused, raw_id, instance_id)[:, :3], 4)
+        for j, copy in zip(range(1, 5), copies, strict=True):
+            np.testing.assert_allclose(copy.mean(axis=0), now.mean(axis=0), atol=1e-4)
+            # translated only: the copy keeps the shape it has in scan j's own frame (no rotation)
+            in_scan_j = _points_of(sequence, j, raw_id, instance_id)[:, :3]
+            np.testing.assert_allclose(copy - copy.mean(0), in_scan_j - in_scan_j.mean(0), atol=1e-4)
+
+
+def test_official_fusion_starts_at_the_fifth_scan(sequence):
+    fuser = _official_fuser()
+    assert [len(fuser.fuse(sequence, j)) for j in range(4)] == [0, 0, 0, 0]
+    assert fuser.neighbours(4, NUM_SCANS) == [0, 1, 2, 3]
+    assert len(fuser.fuse(sequence, 4)) > 0
+    with pytest.raises(ValueError, match="placement"):
+        MultiScanFuser(placement="icp")
