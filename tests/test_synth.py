@@ -211,3 +211,29 @@ def test_kitti_preset_matches_the_real_scans_statistics():
     dark = [np.mean(remission[is_car & (scan.instance == i)] == 0.0) for i in np.unique(scan.instance[is_car])]
     assert len(dark) >= 4 and all(d > 0.99 or d < 0.4 for d in dark)
     assert 0 < sum(d > 0.99 for d in dark) < len(dark)
+
+
+def test_ray_drop_loses_grazing_and_far_returns_and_leaves_let_beams_in():
+    """A flat road seen from 1.73 m: with grazing drop on, far (grazing) returns go, near ones stay."""
+    from m2s_training.synth.mesh import LabelledMesh, Part
+    from m2s_training.synth.sensor import Lidar, SensorConfig
+
+    road = LabelledMesh.from_parts([Part("box", (200.0, 200.0, 0.2), (0.0, 0.0, -0.1), "road")], 0)
+    pose = np.eye(4)
+    pose[2, 3] = 1.73
+    base = SensorConfig(beams=16, azimuth_steps=360, dropout=0.0, range_noise=0.0, max_range=80.0)
+
+    def ranges(config):
+        points = Lidar(config, road).scan(pose, None, np.random.default_rng(0)).points
+        return np.hypot(points[:, 0], points[:, 1])
+
+    plain, grazing = ranges(base), ranges(SensorConfig(**{**base.__dict__, "grazing_drop": 0.12}))
+    # cos(incidence) = 1.73 / slant range; a return survives with probability min(1, cos / 0.12):
+    # all of them within 10 m (cos > 0.17), about 1.73 / 30 / 0.12 = 0.48 of them at 25-35 m
+    assert np.sum(grazing < 10.0) == np.sum(plain < 10.0) > 100
+    band = lambda r: np.sum((r > 25.0) & (r < 35.0))  # noqa: E731
+    assert band(plain) > 100 and 0.35 < band(grazing) / band(plain) < 0.6
+    leaves = LabelledMesh.from_parts([Part("box", (200.0, 200.0, 0.2), (0.0, 0.0, -0.1), "vegetation")], 0)
+    deep = SensorConfig(**{**base.__dict__, "vegetation_depth": 0.5})
+    points = Lidar(deep, leaves).scan(pose, None, np.random.default_rng(0)).points
+    assert np.mean(points[:, 2] < -0.02) > 0.8  # returns come from inside the foliage, below its surface
