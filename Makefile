@@ -21,6 +21,8 @@ export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds.xml
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install test test-slow lint format bench demo clean
+# Real scans `make demo` also labels, when the folder exists.
+REAL ?= ../shared/real/semantickitti
 
 install: $(STAMP)
 
@@ -50,7 +52,7 @@ bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 demo: $(STAMP)
-	$(BIN)/python -m m2s_training.demo --out runs/demo
+	$(BIN)/python -m m2s_training.demo --out runs/demo $(if $(wildcard $(REAL)/sequences),--real $(REAL))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,11 +1,13 @@
 """``python -m m2s_training.demo`` (what ``make demo`` runs): the whole ROS path on a CPU in about a minute.
 
-1. generate a small synthetic sequence 08 in SemanticKITTI layout (``m2s-synth``);
+1. generate a small synthetic sequence 08 in SemanticKITTI layout (``m2s-synth --preset kitti``);
 2. convert it to a rosbag2 bag (``m2s-bag kitti2bag``);
 3. replay the bag through the real ``m2s-segment`` node, over DDS on loopback, with the shipped
    demo weights, and score the labelled clouds it publishes (``m2s-bag evaluate --lockstep``);
 4. render ground truth next to the node's labels for one scan, seen from above (``m2s-render``);
-5. print mIoU, IoU per class, latency and where the bag, output bag and PNGs are.
+5. print mIoU, IoU per class, latency and where the bag, output bag and PNGs are;
+6. with ``--real DIR`` (``make demo`` passes ``../shared/real/semantickitti`` when it exists): label
+   those real scans with the same weights (``m2s-eval --split all``) and print their scores.
 
 No GPU and no ROS install needed: rclpy and the messages come from PyPI wheels.
 """
@@ -27,9 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for data, bags, PNGs, metrics")
     parser.add_argument("--checkpoint", type=Path, default=DEMO_WEIGHTS, help="model to run (default: demo weights)")
     parser.add_argument("--scans", type=int, default=10, help="scans in the synthetic sequence")
-    parser.add_argument("--preset", default="tiny", help="m2s-synth preset; the demo weights were trained on tiny")
+    parser.add_argument("--preset", default="kitti", help="m2s-synth preset; the demo weights were trained on kitti")
     parser.add_argument("--seed", type=int, default=1, help="scene seed (the demo weights never saw seed 1)")
     parser.add_argument("--device", default="cpu", help="the node's device: cpu, auto, cuda")
+    parser.add_argument("--real", type=Path, help="also label these real scans (SemanticKITTI layout, with labels)")
     return parser
 
 
@@ -96,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"input bag: {bag}")
     print(f"BEV (ground truth | node output): {png}")
     print(f"node log: {result['node_log']}")
+    if args.real is not None:
+        from m2s_training.evaluate import evaluate
+
+        real = evaluate(args.checkpoint, args.real, "all", args.out / "real_eval", args.device, bev=1)
+        print(f"real scans {args.real} ({real['scans']} scans): present-class mIoU {real['present_miou']:.4f}, "
+              f"accuracy {real['accuracy']:.4f}; BEV and metrics in {args.out / 'real_eval'}")  # fmt: skip
     print(f"demo took {time.perf_counter() - started:.0f} s")
     return 0
 

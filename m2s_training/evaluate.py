@@ -5,9 +5,16 @@ Writes, under ``--out``:
 - ``metrics.json``, written last (an earlier one is removed when the run starts, so it is only ever
   beside a finished run's output): mIoU (official SemanticKITTI definition, see ``m2s_training.metrics``), IoU per
   class name, accuracy, hard-class mIoU, confusion matrix, scan and point counts, timing;
+  the mIoU over the classes present in the ground truth (``present_miou``: a few real scans hold
+  only some of the 19 classes, and the official mean counts the absent ones as 0);
 - ``iou.png``: per-class IoU bar chart;
+- ``bev_XX_NNNNNN.png`` (``--bev N``): ground truth | prediction seen from above, first N scans;
 - ``sequences/XX/predictions/NNNNNN.label``: raw-id predictions, the layout the official
   ``evaluate_semantics.py`` reads, so it reports the same mIoU.
+
+The folder needs only ``velodyne/`` and ``labels/`` (no poses, calib or times), so a handful of
+real scans can be scored as they come. ``--intensity-scale 255`` divides the 4th column first, for
+sensors that report intensity 0–255 instead of KITTI's remission 0–1.
 
 Predicting through ``Segmenter.predict`` (the node's code path) makes this evaluation, the node and
 ``m2s-bag evaluate`` agree label for label.
@@ -43,6 +50,8 @@ def evaluate(
     max_scans: int | None = None,
     label_map: str | Path | None = None,
     backend: str = "torch",
+    bev: int = 0,
+    intensity_scale: float = 1.0,
 ) -> dict:
     """Predict, write predictions and metrics; return the metrics dict that went to metrics.json.
 
@@ -61,17 +70,27 @@ def evaluate(
 
     confusion = torch.zeros(label_map.num_classes, label_map.num_classes, dtype=torch.int64)
     started = time.perf_counter()
-    for seq, index in tqdm(scans, desc=f"m2s-eval {split}", unit="scan", mininterval=2):
+    for number, (seq, index) in enumerate(tqdm(scans, desc=f"m2s-eval {split}", unit="scan", mininterval=2)):
         frame = seq.frame(index)
-        prediction = segmenter.predict(frame.points)
+        points = frame.points.copy()
+        points[:, 3] /= intensity_scale
+        prediction = segmenter.predict(points)
         write_prediction(out, seq.name, seq.frame_id(index), prediction.labels, label_map)
         target = label_map.to_train(frame.semantic)
+        if number < bev:
+            from m2s_training.render import render_bev
+
+            path = out / f"bev_{seq.name}_{seq.frame_id(index)}.png"
+            render_bev(points, [target, prediction.labels], label_map, path, titles=["ground truth", "prediction"])
         confusion += confusion_matrix(torch.from_numpy(prediction.labels), torch.from_numpy(target), len(confusion))
     seconds = time.perf_counter() - started
 
     metrics = SegmentationMetrics.from_confusion(confusion, label_map.hard_class_ids())
+    present = [c for c in range(1, label_map.num_classes) if int(confusion[c].sum()) > 0]
     result = {
         **metrics.to_dict(label_map),
+        "present_classes": [label_map.class_names[c] for c in present],
+        "present_miou": float(metrics.iou[present].mean()) if present else 0.0,
         "scans": len(scans),
         "sequences": [seq.name for seq in sequences],
         "split": split,
@@ -92,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--checkpoint", required=True, help="m2s checkpoint (.pt)")
     parser.add_argument("--data", required=True, help="SemanticKITTI-layout root holding sequences/XX")
-    parser.add_argument("--split", default="val", help="train | val | test (sequences of the label map's split)")
+    parser.add_argument(
+        "--split", default="val", help="train | val | test (the label map's split) | all (every sequence folder)"
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--max-scans", type=int, help="evaluate only the first N scans of the split")
@@ -100,14 +121,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backend", default="torch", choices=BACKENDS, help="inference engine (onnxruntime/openvino: polar models)"
     )
+    parser.add_argument("--bev", type=int, default=0, help="write ground truth | prediction PNGs of the first N scans")
+    parser.add_argument(
+        "--intensity-scale", type=float, default=1.0, help="divide the 4th column by this (255 for 0-255 intensity)"
+    )
     args = parser.parse_args(argv)
+    if args.intensity_scale <= 0:
+        parser.error(f"--intensity-scale must be positive, got {args.intensity_scale}")
     try:
         result = evaluate(
-            args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans, args.label_map, args.backend
-        )
+            args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans, args.label_map,
+            args.backend, bev=args.bev, intensity_scale=args.intensity_scale,
+        )  # fmt: skip
     except (FileNotFoundError, KittiFormatError, CheckpointError, KeyError, ValueError) as err:
         sys.exit(f"m2s-eval: {err}")
     print(f"mIoU {result['miou']:.4f}  accuracy {result['accuracy']:.4f}  hard mIoU {result['hard_miou']:.4f}")
+    present = ", ".join(result["present_classes"])
+    print(f"present-class mIoU {result['present_miou']:.4f} over {len(result['present_classes'])} classes: {present}")
     print(f"{result['scans']} scans, {result['ms_per_scan']} ms/scan on {result['device']}; wrote {args.out}")
     for name, iou in result["iou"].items():
         print(f"  {name:<14} {iou:.4f}")

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from m2s_training.data.dataset import AugmentConfig, SemanticKittiDataset, augment, collate, make_loader
+from m2s_training.data.dataset import (
+    AugmentConfig,
+    SemanticKittiDataset,
+    augment,
+    collate,
+    dropout_mask,
+    make_loader,
+    paste_sector,
+)
 from m2s_training.data.semantic_kitti import KittiFormatError, write_calib, write_labels, write_poses, write_scan
 
 RAW_IDS = np.array([40, 10, 252, 0, 81], dtype=np.uint16)  # road, car, moving-car, unlabeled, traffic-sign
@@ -143,3 +151,78 @@ def test_worker_processes_load_the_same_batches_as_the_main_process(tmp_path):
     for a, b in zip(in_main, in_workers, strict=True):
         torch.testing.assert_close(a.points, b.points)
         torch.testing.assert_close(a.labels, b.labels)
+
+
+# --- sim-to-real augmentations ------------------------------------------------------------------
+
+PLAIN = dict(rotate=False, flip=False, scale=(1.0, 1.0), jitter_std=0.0)
+
+
+def _cloud(n=2000, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xyz = rng.uniform(-30, 30, (n, 3)) * np.array([1, 1, 0.1])
+    remission = np.where(rng.random(n) < 0.3, 0.0, rng.uniform(0.05, 0.9, n))
+    return np.concatenate([xyz, remission[:, None]], axis=1).astype(np.float32)
+
+
+def test_tilt_and_height_shift_move_the_cloud_rigidly():
+    points = _cloud()
+    moved = augment(points, AugmentConfig(**PLAIN, z_shift_std=0.2, tilt_std_deg=3.0), np.random.default_rng(1))
+    # pairwise distances survive a rotation plus a shift; the heights do change
+    a, b = points[:, :3], moved[:, :3]
+    np.testing.assert_allclose(np.linalg.norm(a[1:] - a[0], axis=1), np.linalg.norm(b[1:] - b[0], axis=1), atol=1e-3)
+    assert np.abs(a[:, 2] - b[:, 2]).max() > 0.05
+    np.testing.assert_array_equal(moved[:, 3], points[:, 3])  # no remission settings: remission untouched
+
+
+def test_remission_gain_and_noise_keep_zero_returns_zero_and_stay_in_range():
+    points = _cloud()
+    config = AugmentConfig(**PLAIN, remission_scale=(1.5, 1.5), remission_noise=0.0)
+    out = augment(points, config, np.random.default_rng(0))
+    np.testing.assert_allclose(out[:, 3], np.clip(points[:, 3] * 1.5, 0, 1), rtol=1e-6)
+    noisy = augment(points, AugmentConfig(**PLAIN, remission_noise=0.1), np.random.default_rng(0))
+    zero = points[:, 3] == 0
+    assert np.all(noisy[zero, 3] == 0) and not np.allclose(noisy[~zero, 3], points[~zero, 3])
+    assert noisy[:, 3].min() >= 0 and noisy[:, 3].max() <= 1
+
+
+def test_beam_dropout_drops_whole_elevation_bands():
+    points = _cloud(5000)
+    keep = dropout_mask(points, AugmentConfig(beam_dropout=0.5), np.random.default_rng(3))
+    band = np.floor(np.degrees(np.arctan2(points[:, 2], np.hypot(points[:, 0], points[:, 1]))) / 0.4)
+    for b in np.unique(band):
+        assert len(np.unique(keep[band == b])) == 1  # a band is kept or lost as a whole
+    assert 0.2 < keep.mean() < 0.8
+    some = dropout_mask(points, AugmentConfig(point_dropout=0.5), np.random.default_rng(3))
+    assert 0.5 <= some.mean() < 1.0
+
+
+def test_paste_sector_takes_one_sector_from_the_other_scan_with_its_labels():
+    target, source = _cloud(3000, 1), _cloud(3000, 2)
+    t = (target, np.full(len(target), 9), np.zeros(len(target), np.int64))
+    s = (source, np.full(len(source), 1), np.ones(len(source), np.int64))
+    points, labels, instance = paste_sector(t, s, np.random.default_rng(5))
+    from_source = labels == 1
+    assert 0 < from_source.sum() < len(source) and np.all(instance[from_source] == 1)
+    # the pasted points and the kept points lie in complementary azimuth ranges
+    az = np.arctan2(points[:, 1], points[:, 0])
+    inside_max, inside_min = az[from_source].max(), az[from_source].min()
+    assert inside_max - inside_min <= np.pi + 1e-6 or np.ptp(np.mod(az[from_source], 2 * np.pi)) <= np.pi + 1e-6
+    assert len(points) == len(labels) == len(instance)
+    np.testing.assert_array_equal(points[from_source], source[np.isin(source[:, 0], points[from_source, 0])])
+
+
+def test_dataset_mixing_and_dropout_keep_points_and_labels_aligned(tmp_path):
+    write_sequence(tmp_path, "00", sizes=(400, 500, 300))
+    config = AugmentConfig(**PLAIN, mix_prob=1.0, point_dropout=0.5, beam_dropout=0.2)
+    sample = SemanticKittiDataset(tmp_path, ["00"], augment=config, seed=4)[0]
+    assert len(sample.points) == len(sample.labels) == len(sample.instance) == len(sample.is_fused)
+    # every point still carries the label it was written with (labels cycle with the point's index)
+    originals = {}
+    for index in range(3):
+        pts = np.fromfile(tmp_path / "sequences" / "00" / "velodyne" / f"{index:06d}.bin", np.float32).reshape(-1, 4)
+        for i, p in enumerate(pts):
+            originals[p[0].item(), p[1].item()] = TRAIN_IDS[i % 5]
+    assert all(
+        originals[p[0].item(), p[1].item()] == label for p, label in zip(sample.points, sample.labels, strict=True)
+    )

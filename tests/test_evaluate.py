@@ -73,3 +73,26 @@ def test_eval_bad_input_is_a_clear_error(setup, tmp_path):
         main(["--checkpoint", str(checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="test sequences"):
         main(["--checkpoint", str(checkpoint), "--data", str(data), "--split", "test", "--out", str(tmp_path / "o")])
+
+
+def test_eval_real_folder_without_poses_reports_present_class_miou(setup, tmp_path, capsys):
+    """A folder of real scans has only velodyne/ and labels/: m2s-eval must still score it."""
+    data, checkpoint = setup
+    real = tmp_path / "real"
+    (real / "sequences" / "05").mkdir(parents=True)
+    for folder in ("velodyne", "labels"):
+        (real / "sequences" / "05" / folder).symlink_to(data / "sequences" / "08" / folder)
+    out = tmp_path / "out"
+    main(["--checkpoint", str(checkpoint), "--data", str(real), "--split", "all", "--out", str(out),
+          "--device", "cpu", "--bev", "1"])  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scans"] == 3
+    confusion = np.asarray(metrics["confusion"])
+    present = [c for c in range(1, 20) if confusion[c].sum() > 0]
+    ious = [confusion[c, c] / (confusion[c].sum() + confusion[:, c].sum() - confusion[c, c]) for c in present]
+    assert metrics["present_classes"] == [load_label_map().class_names[c] for c in present]
+    assert metrics["present_miou"] == pytest.approx(np.mean(ious))
+    assert metrics["present_miou"] >= metrics["miou"]  # absent classes count 0 in the official mean
+    assert "present-class mIoU" in capsys.readouterr().out
+    assert metrics["sequences"] == ["05"]
+    assert (out / "bev_05_000000.png").stat().st_size > 0

@@ -10,6 +10,7 @@ from m2s_training.data.semantic_kitti import Sequence, read_calib
 from m2s_training.synth import TR_LIDAR_TO_CAMERA, SequenceSimulator, generate, get_preset
 from m2s_training.synth.cli import main as synth_main
 from m2s_training.synth.mesh import raw_ids
+from m2s_training.synth.world_kitti import _subtract, heightfield
 
 LABELS = load_label_map()
 MOVING_RAW = {252, 253, 254, 255, 256, 257, 258, 259}
@@ -166,3 +167,73 @@ def test_default_preset_is_kitti_like():
     assert 100_000 <= len(scan.points) <= 130_000
     assert set(np.unique(LABELS.to_train(scan.semantic)).tolist()) >= {1, 9, 11, 13, 15, 17}
     assert 0.05 < scan.points[:, 3].mean() < 0.6
+
+
+# --- the kitti preset: calibrated against real SemanticKITTI scans (bench/calibrate_real.py) ------
+
+
+def test_subtract_cuts_holes_out_of_a_span():
+    assert _subtract((0.0, 100.0), [(10.0, 20.0), (50.0, 60.0)]) == [(0.0, 10.0), (20.0, 50.0), (60.0, 100.0)]
+    assert _subtract((15.0, 55.0), [(10.0, 20.0), (50.0, 60.0)]) == [(20.0, 50.0)]
+    assert _subtract((12.0, 18.0), [(10.0, 20.0)]) == []
+
+
+def test_heightfield_covers_its_area_facing_up():
+    mesh = heightfield((0.0, 10.0), (2.0, 8.0), top=0.1, bumps=0.05, slope=0.02, rng=np.random.default_rng(0))
+    v = mesh.vertices
+    assert v[:, 0].min() == 0.0 and v[:, 0].max() >= 10.0 and v[:, 1].min() == 2.0 and v[:, 1].max() == 8.0
+    assert np.all(np.abs(v[:, 2] - 0.1 - 0.02 * (v[:, 1] - 2.0)) < 0.05 * 1.5 + 5 * 0.015)
+    a, b, c = (v[mesh.triangles[:, k]] for k in range(3))
+    assert np.all(np.cross(b - a, c - a)[:, 2] > 0)  # counter-clockwise seen from above: normals point up
+    assert set(np.unique(mesh.semantic).tolist()) == {72}  # raw id of terrain
+
+
+def test_kitti_preset_matches_the_real_scans_statistics():
+    """Numbers from the shared real scans (docs/benchmarks.md, "Sim-to-real"): 124.6k points/scan,
+    elevations +3.2°…−21° beyond 5 m, remission medians road 0.25, building 0.41, car 0.08 with many 0s."""
+    sim = SequenceSimulator(get_preset("kitti"), scans=1, seed=0, sequence="00")
+    scan = sim.scan(0)
+    train = LABELS.to_train(scan.semantic)
+    assert 90_000 <= len(scan.points) <= 130_000
+    elevation = np.degrees(np.arctan2(scan.points[:, 2], np.hypot(scan.points[:, 0], scan.points[:, 1])))
+    assert elevation.max() < 2.3 and elevation.min() > -25.0
+    # the lower block is sparser than the upper one (1/2° against 1/3° between beams)
+    beams = np.unique(np.round(elevation[np.hypot(scan.points[:, 0], scan.points[:, 1]) > 20], 1))
+    assert len(beams) > 20
+    names = LABELS.class_names
+    present = {names[c] for c in np.unique(train)}
+    assert {"road", "sidewalk", "building", "vegetation", "car"} <= present
+    remission = scan.points[:, 3]
+    road, building = (remission[train == names.index(n)] for n in ("road", "building"))
+    assert 0.18 < np.median(road) < 0.32 and 0.3 < np.median(building) < 0.55
+    # dark paint returns nothing: a car is dark as a whole (per object), as in the real range images
+    is_car = train == names.index("car")
+    dark = [np.mean(remission[is_car & (scan.instance == i)] == 0.0) for i in np.unique(scan.instance[is_car])]
+    assert len(dark) >= 4 and all(d > 0.99 or d < 0.4 for d in dark)
+    assert 0 < sum(d > 0.99 for d in dark) < len(dark)
+
+
+def test_ray_drop_loses_grazing_and_far_returns_and_leaves_let_beams_in():
+    """A flat road seen from 1.73 m: with grazing drop on, far (grazing) returns go, near ones stay."""
+    from m2s_training.synth.mesh import LabelledMesh, Part
+    from m2s_training.synth.sensor import Lidar, SensorConfig
+
+    road = LabelledMesh.from_parts([Part("box", (200.0, 200.0, 0.2), (0.0, 0.0, -0.1), "road")], 0)
+    pose = np.eye(4)
+    pose[2, 3] = 1.73
+    base = SensorConfig(beams=16, azimuth_steps=360, dropout=0.0, range_noise=0.0, max_range=80.0)
+
+    def ranges(config):
+        points = Lidar(config, road).scan(pose, None, np.random.default_rng(0)).points
+        return np.hypot(points[:, 0], points[:, 1])
+
+    plain, grazing = ranges(base), ranges(SensorConfig(**{**base.__dict__, "grazing_drop": 0.12}))
+    # cos(incidence) = 1.73 / slant range; a return survives with probability min(1, cos / 0.12):
+    # all of them within 10 m (cos > 0.17), about 1.73 / 30 / 0.12 = 0.48 of them at 25-35 m
+    assert np.sum(grazing < 10.0) == np.sum(plain < 10.0) > 100
+    band = lambda r: np.sum((r > 25.0) & (r < 35.0))  # noqa: E731
+    assert band(plain) > 100 and 0.35 < band(grazing) / band(plain) < 0.6
+    leaves = LabelledMesh.from_parts([Part("box", (200.0, 200.0, 0.2), (0.0, 0.0, -0.1), "vegetation")], 0)
+    deep = SensorConfig(**{**base.__dict__, "vegetation_depth": 0.5})
+    points = Lidar(deep, leaves).scan(pose, None, np.random.default_rng(0)).points
+    assert np.mean(points[:, 2] < -0.02) > 0.8  # returns come from inside the foliage, below its surface

@@ -34,6 +34,14 @@ class AugmentConfig:
     flip: bool = True  # mirror x and/or y, each with probability 0.5
     scale: tuple[float, float] = (0.95, 1.05)  # isotropic scale factor range
     jitter_std: float = 0.01  # metres, Gaussian noise on x, y, z
+    # Sim-to-real (all off by default): sensors differ in mount height, tilt, beams and remission.
+    z_shift_std: float = 0.0  # metres: the whole cloud moves up/down (another mount height or road level)
+    tilt_std_deg: float = 0.0  # degrees: roll and pitch about the sensor (mounting, road slope)
+    point_dropout: float = 0.0  # drop a random share in [0, point_dropout] of the points
+    beam_dropout: float = 0.0  # drop each 0.4° elevation band with this probability (fewer beams)
+    remission_scale: tuple[float, float] = (1.0, 1.0)  # one gain per scan (another sensor's calibration)
+    remission_noise: float = 0.0  # per-point Gaussian noise on remission
+    mix_prob: float = 0.0  # probability to paste an azimuth sector of another scan (PolarMix-like)
 
 
 @dataclass
@@ -111,11 +119,55 @@ def augment(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator)
             xyz[:, 1] = -xyz[:, 1]
     low, high = config.scale
     xyz *= rng.uniform(low, high)
+    if config.tilt_std_deg > 0:
+        roll, pitch = np.deg2rad(rng.normal(0.0, config.tilt_std_deg, 2))
+        cr, sr, cp, sp = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch)
+        rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+        ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+        xyz = xyz @ (ry @ rx).T
+    if config.z_shift_std > 0:
+        xyz[:, 2] += rng.normal(0.0, config.z_shift_std)
     if config.jitter_std > 0:
         xyz += rng.normal(0.0, config.jitter_std, size=xyz.shape)
     out = points.copy()
     out[:, :3] = xyz
+    if config.remission_scale != (1.0, 1.0) or config.remission_noise > 0:
+        remission = out[:, 3] * rng.uniform(*config.remission_scale)
+        remission += rng.normal(0.0, config.remission_noise, len(remission)) * (remission > 0)  # zeros stay 0
+        out[:, 3] = np.clip(remission, 0.0, 1.0)
     return out
+
+
+def dropout_mask(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Which points survive beam dropout (whole elevation bands) and random point dropout."""
+    keep = np.ones(len(points), bool)
+    if config.beam_dropout > 0:
+        elevation = np.degrees(np.arctan2(points[:, 2], np.hypot(points[:, 0], points[:, 1])))
+        band = np.floor(elevation / 0.4).astype(np.int64)
+        offset = band.min() if len(band) else 0
+        dropped = rng.random(band.max() - offset + 1 if len(band) else 0) < config.beam_dropout
+        keep &= ~dropped[band - offset]
+    if config.point_dropout > 0:
+        keep &= rng.random(len(points)) >= rng.uniform(0.0, config.point_dropout)
+    return keep
+
+
+def paste_sector(
+    target: tuple[np.ndarray, ...], source: tuple[np.ndarray, ...], rng: np.random.Generator
+) -> tuple[np.ndarray, ...]:
+    """Replace an azimuth sector (45°–180°) of ``target`` by the same sector of ``source``.
+
+    Both are (points, labels, instance) in their sensor frames; a sector from another street teaches
+    layouts the generator draws rarely, and ring structure and range stay consistent.
+    """
+    width = rng.uniform(np.pi / 4, np.pi)
+    start = rng.uniform(-np.pi, np.pi)
+
+    def inside(points: np.ndarray) -> np.ndarray:
+        return np.mod(np.arctan2(points[:, 1], points[:, 0]) - start, 2 * np.pi) < width
+
+    keep, take = ~inside(target[0]), inside(source[0])
+    return tuple(np.concatenate([t[keep], s[take]]) for t, s in zip(target, source, strict=True))
 
 
 class SemanticKittiDataset(Dataset):
@@ -165,6 +217,21 @@ class SemanticKittiDataset(Dataset):
         semantic, instance = seq.labels(index, len(points))
         labels = self.label_map.to_train(semantic).astype(np.int64)
         instance = instance.astype(np.int64)
+        aug = self.augment_config
+        if aug is not None and aug.mix_prob > 0 and len(self.items) > 1 and rng.random() < aug.mix_prob:
+            other_no, other_index = self.items[(item + rng.integers(1, len(self.items))) % len(self.items)]
+            other = self.sequences[other_no]
+            other_points = other.points(other_index)
+            other_semantic, other_instance = other.labels(other_index, len(other_points))
+            source = (
+                other_points,
+                self.label_map.to_train(other_semantic).astype(np.int64),
+                other_instance.astype(np.int64),
+            )
+            points, labels, instance = paste_sector((points, labels, instance), source, rng)
+        if aug is not None and (aug.beam_dropout > 0 or aug.point_dropout > 0):
+            keep = dropout_mask(points, aug, rng)
+            points, labels, instance = points[keep], labels[keep], instance[keep]
         if self.max_points is not None and len(points) > self.max_points:
             # a random subset in scan order: cheaper CPU training; the grid pools points per cell anyway
             keep = np.sort(rng.choice(len(points), self.max_points, replace=False))

@@ -178,7 +178,7 @@ class Frame:
     points: np.ndarray  # (N, 4) float32
     semantic: np.ndarray | None  # (N,) uint16 raw ids
     instance: np.ndarray | None  # (N,) uint16
-    pose: np.ndarray  # (4, 4) T_world_lidar
+    pose: np.ndarray | None  # (4, 4) T_world_lidar; None for a folder without poses.txt (real scans)
 
 
 class Sequence:
@@ -207,6 +207,11 @@ class Sequence:
     def has_labels(self) -> bool:
         return (self.path / "labels").is_dir()
 
+    @property
+    def has_poses(self) -> bool:
+        """A plain folder of scans (e.g. a few real ones) may come without poses, calib and times."""
+        return (self.path / "poses.txt").is_file()
+
     @cached_property
     def calib(self) -> dict[str, np.ndarray]:
         return read_calib(self.path / "calib.txt")
@@ -232,7 +237,8 @@ class Sequence:
         semantic = instance = None
         if with_labels and self.has_labels:
             semantic, instance = self.labels(index, len(points))
-        return Frame(self.name, index, points, semantic, instance, self.poses[index])
+        pose = self.poses[index] if self.has_poses else None
+        return Frame(self.name, index, points, semantic, instance, pose)
 
 
 def list_sequences(root: str | Path) -> list[str]:
@@ -247,12 +253,13 @@ def split_sequences(root: str | Path, split: str, label_map: LabelMap | None = N
 
 
 def existing_split(root: str | Path, split: str, label_map: LabelMap | None = None) -> list[str]:
-    """:func:`split_sequences`, refusing a root without ``sequences/`` or without any of the split's sequences."""
+    """:func:`split_sequences` (``all``: every sequence), refusing a root without ``sequences/`` or without
+    any of the split's sequences."""
     if not (Path(root) / "sequences").is_dir():
         raise KittiFormatError(f"{root}: no sequences/ folder (expected SemanticKITTI layout ROOT/sequences/XX)")
-    sequences = split_sequences(root, split, label_map)
+    sequences = list_sequences(root) if split == "all" else split_sequences(root, split, label_map)
     if not sequences:
-        wanted = " ".join((label_map or load_label_map()).sequences(split))
+        wanted = "any" if split == "all" else " ".join((label_map or load_label_map()).sequences(split))
         raise KittiFormatError(f"{root}/sequences: none of the {split} sequences ({wanted}) exist")
     return sequences
 

@@ -20,6 +20,7 @@ from m2s_training.data.semantic_kitti import (
 from m2s_training.synth.presets import Preset, get_preset
 from m2s_training.synth.sensor import Lidar, Scan
 from m2s_training.synth.world import EGO_LANE_Y, World, build_world
+from m2s_training.synth.world_kitti import build_kitti_world
 
 
 def _kitti_like_tr() -> np.ndarray:
@@ -83,7 +84,8 @@ class SequenceSimulator:
         self._scan_seeds = seeds[1:]
         path_end = float(self.poses[-1, 0, 3])
         reach = preset.sensor.max_range + 10.0
-        self.world: World = build_world(
+        build = build_kitti_world if preset.world == "kitti" else build_world
+        self.world: World = build(
             np.random.default_rng(seeds[0]),
             x_range=(-reach, path_end + reach),
             window=(-5.0, path_end + 25.0),

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from m2s_training.synth.sensor import SensorConfig
+
+# Velodyne HDL-64E (S2) beam elevations in degrees, top first: an upper block of 32 lasers spaced
+# ~1/3° from +2.0° to −8.33° and a lower block of 32 spaced ~1/2° from −8.83° to −24.8°.
+HDL64E_ELEVATION = tuple(
+    float(v) for v in np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.8, 32)]).round(3)
+)
 
 
 @dataclass(frozen=True)
@@ -13,6 +21,7 @@ class Preset:
     sensor: SensorConfig
     scans: int  # scans per sequence unless the caller asks for another number
     ego_speed: float = 8.0  # m/s along the street
+    world: str = "street"  # "street": world.py's fixed cross-section; "kitti": world_kitti.py
 
 
 PRESETS = {
@@ -20,6 +29,28 @@ PRESETS = {
     "tiny": Preset("tiny", SensorConfig(beams=32, azimuth_steps=512, max_range=50.0), scans=10),
     # HDL-64E-like: 64 beams over +2°…−24.8°, 0.17° azimuth steps, ~120k points per scan.
     "default": Preset("default", SensorConfig(), scans=100),
+    # Calibrated on real SemanticKITTI scans (bench/calibrate_real.py, docs/benchmarks.md "Sim-to-real"):
+    # the HDL-64E's two laser blocks, 0.18° azimuth steps as measured, ray drop, KITTI-like remission
+    # and a varied residential street. What the training configs for real data use.
+    "kitti": Preset(
+        "kitti",
+        SensorConfig(
+            azimuth_steps=2000,
+            elevation_table=HDL64E_ELEVATION,
+            range_noise=0.025,
+            dropout=0.02,
+            remission_noise=0.0,
+            materials="kitti",
+            grazing_drop=0.12,
+            dark_drop=0.02,
+            far_drop=0.3,
+            vegetation_depth=0.25,
+            max_range=80.0,
+        ),
+        scans=100,
+        ego_speed=7.0,
+        world="kitti",
+    ),
 }
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m2s_training.synth.mesh import LabelledMesh
+from m2s_training.synth import materials
+from m2s_training.synth.mesh import LabelledMesh, raw_ids
 from m2s_training.synth.o3d import open3d as o3d
 
 
@@ -28,12 +29,23 @@ class SensorConfig:
     remission_noise: float = 0.03
     mount_height: float = 1.73  # metres above the road
     rate_hz: float = 10.0
+    # Realism knobs of the ``kitti`` preset (the defaults keep the simple sensor of ``tiny``/``default``):
+    elevation_table: tuple[float, ...] | None = None  # degrees per beam, top first; overrides the linspace
+    materials: str = "simple"  # "simple": mesh reflectivity; "kitti": per-class albedo fitted to real KITTI
+    grazing_drop: float = 0.0  # returns with cos(incidence) below this are lost (prob. rising to 1 at 0)
+    dark_drop: float = 0.0  # returns with remission below this are lost with probability 0.5
+    far_drop: float = 0.0  # extra loss probability reached at max_range, growing with range²
+    vegetation_depth: float = 0.0  # metres (mean): beams enter leaves before they return
 
     def __post_init__(self):
         if self.beams < 1 or self.azimuth_steps < 1:
             raise ValueError(f"beams and azimuth_steps must be positive, got {self.beams}, {self.azimuth_steps}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.elevation_table is not None and len(self.elevation_table) != self.beams:
+            raise ValueError(f"elevation_table has {len(self.elevation_table)} entries for {self.beams} beams")
+        if self.materials not in ("simple", "kitti"):
+            raise ValueError(f"materials must be 'simple' or 'kitti', got {self.materials!r}")
         if not 0.0 <= self.min_range < self.max_range:
             raise ValueError(f"need 0 <= min_range < max_range, got {self.min_range}, {self.max_range}")
 
@@ -43,6 +55,9 @@ class Scan:
     points: np.ndarray  # (N, 4) float32 x, y, z, remission in the sensor frame
     semantic: np.ndarray  # (N,) uint16 raw ids
     instance: np.ndarray  # (N,) uint16
+
+
+_VEGETATION_IDS = np.array([raw_ids()["vegetation"]], np.uint16)
 
 
 class _MeshScene:
@@ -88,20 +103,40 @@ class Lidar:
             reflectivity[nearer] = moving.reflectivity[tri]
 
         measured = t_hit + rng.normal(0.0, cfg.range_noise, len(t_hit)).astype(np.float32)
+        if cfg.vegetation_depth > 0:
+            leaves = np.isin(semantic, _VEGETATION_IDS)
+            measured[leaves] += rng.exponential(cfg.vegetation_depth, int(leaves.sum())).astype(np.float32)
         keep = np.isfinite(t_hit) & (measured >= cfg.min_range) & (measured <= cfg.max_range)
         keep &= rng.random(len(t_hit)) >= cfg.dropout
 
         cos_incidence = np.abs(np.einsum("ij,ij->i", normal[keep], world_dirs[keep]))
-        remission = reflectivity[keep] * (0.3 + 0.7 * cos_incidence) * np.exp(-measured[keep] / 250.0)
-        remission += rng.normal(0.0, cfg.remission_noise, len(remission))
+        if cfg.materials == "kitti":
+            remission = materials.kitti_remission(
+                semantic[keep], instance[keep], reflectivity[keep], cos_incidence, measured[keep], rng
+            )
+        else:
+            remission = reflectivity[keep] * (0.3 + 0.7 * cos_incidence) * np.exp(-measured[keep] / 250.0)
+        remission = np.clip(remission + rng.normal(0.0, cfg.remission_noise, len(remission)), 0.0, 1.0)
+        lost = np.zeros(len(remission), bool)
+        if cfg.grazing_drop > 0:  # little light comes back from surfaces hit edge-on
+            lost |= rng.random(len(lost)) < np.clip(1.0 - cos_incidence / cfg.grazing_drop, 0.0, 1.0)
+        if cfg.dark_drop > 0:  # dark surfaces fall below the detection threshold
+            lost |= (remission < cfg.dark_drop) & (rng.random(len(lost)) < 0.5)
+        if cfg.far_drop > 0:
+            lost |= rng.random(len(lost)) < cfg.far_drop * (measured[keep] / cfg.max_range) ** 2
+        keep[np.flatnonzero(keep)[lost]] = False
+        remission = remission[~lost]
         xyz = self.directions[keep] * measured[keep, None]
-        points = np.hstack([xyz, np.clip(remission, 0.0, 1.0)[:, None]]).astype(np.float32)
+        points = np.hstack([xyz, remission[:, None]]).astype(np.float32)
         return Scan(points, semantic[keep], instance[keep])
 
 
 def beam_directions(config: SensorConfig) -> np.ndarray:
     """Unit ray directions, beam-major (all azimuths of the top beam first), float32 (R, 3)."""
-    elevation = np.deg2rad(np.linspace(config.elevation_top_deg, config.elevation_bottom_deg, config.beams))
+    if config.elevation_table is not None:
+        elevation = np.deg2rad(np.asarray(config.elevation_table, np.float64))
+    else:
+        elevation = np.deg2rad(np.linspace(config.elevation_top_deg, config.elevation_bottom_deg, config.beams))
     azimuth = np.linspace(np.pi, -np.pi, config.azimuth_steps, endpoint=False)
     el, az = np.meshgrid(elevation, azimuth, indexing="ij")
     dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=-1)

@@ -109,6 +109,7 @@ class _WorldBuilder:
         guaranteed: list[str] | None = None,
         first_at: float | None = None,
         span: tuple[float, float] | None = None,
+        builders: dict[str, ObjectBuilder] | None = None,
     ) -> list[tuple[list[Part], float]]:
         """Objects along x with random kinds and gaps over ``span`` (default: the whole street).
 
@@ -132,7 +133,7 @@ class _WorldBuilder:
             if name == "gap":
                 cursor += self.rng.uniform(*gap)
                 continue
-            parts = _BUILDERS[name](self.rng)
+            parts = (builders or _BUILDERS)[name](self.rng)
             length = max(_extent_x(parts), 0.3)
             if cursor + length > x1:
                 if from_queue:

@@ -1,0 +1,135 @@
+"""Statistics of real SemanticKITTI scans that calibrate ``m2s-synth --preset kitti``.
+
+Calibration statistics only (the scans are never trained on): per-class point share, remission,
+height and range per class, the beam elevation table (peaks of atan2(z, range))
+and the azimuth step. Prints a table and writes ``docs/real_calibration.png``. With ``--compare``
+it also reads a synthetic sequence and prints/plots the same statistics side by side.
+
+    .venv/bin/python bench/calibrate_real.py --real /work/shared/real/semantickitti \\
+        [--compare runs/synth_kitti --compare-sequence 00 --compare-scans 3] [--plot docs/real_calibration.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from m2s_perception.labels import load_label_map
+from m2s_training.data.semantic_kitti import Sequence, list_sequences
+
+CLASSES = ["road", "sidewalk", "parking", "terrain", "building", "vegetation", "trunk", "car", "fence", "pole"]
+
+
+def load(root: Path, sequence: str | None, scans: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    label_map = load_label_map()
+    name = sequence or list_sequences(root)[0]
+    seq = Sequence(root, name)
+    out = []
+    for index in range(min(scans, len(seq))):
+        points = seq.points(index)
+        semantic, _ = seq.labels(index, len(points))
+        out.append((points, label_map.to_train(semantic)))
+    return out
+
+
+def statistics(scans: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    label_map = load_label_map()
+    points = np.concatenate([p for p, _ in scans])
+    labels = np.concatenate([t for _, t in scans])
+    rho = np.hypot(points[:, 0], points[:, 1])
+    stats = {"points_per_scan": len(points) / len(scans), "classes": {}}
+    for name in CLASSES:
+        mask = labels == label_map.class_names.index(name)
+        if not mask.any():
+            continue
+        rem, z, r = points[mask, 3], points[mask, 2], rho[mask]
+        stats["classes"][name] = {
+            "share": mask.mean(),
+            "remission": np.percentile(rem, [10, 50, 90]),
+            "z": np.percentile(z, [10, 50, 90]),
+            "range": np.percentile(r, [10, 50, 90]),
+        }
+    # Beam elevations: atan2(z, rho) peaks (per-laser offsets of a few cm blur them below ~5 m).
+    elevation = np.degrees(np.arctan2(points[:, 2], rho))
+    stats["elevation"] = elevation[rho > 5.0]
+    first = scans[0][0]
+    az = np.degrees(np.arctan2(first[:, 1], first[:, 0]))
+    steps = np.diff(az)
+    stats["azimuth_step"] = float(np.median(steps[(steps > 0) & (steps < 1)]))
+    stats["points"], stats["labels"], stats["rho"] = points, labels, rho
+    return stats
+
+
+def report(title: str, stats: dict) -> None:
+    print(f"== {title}: {stats['points_per_scan']:,.0f} points/scan, azimuth step {stats['azimuth_step']:.4f} deg")
+    el = np.percentile(stats["elevation"], [0.1, 50, 99.9])
+    print(
+        f"elevation (deg, range > 5 m) p0.1/50/99.9: {el.round(2)}; share above -8.5 deg "
+        f"{(stats['elevation'] > -8.5).mean():.3f}"
+    )
+    print(f"{'class':<11} {'share':>6}  remission p10/50/90   z p10/50/90          range p10/50/90")
+    for name, c in stats["classes"].items():
+        print(
+            f"{name:<11} {c['share']:6.3f}  {np.array2string(c['remission'], precision=2):<20} "
+            f"{np.array2string(c['z'], precision=2):<20} {np.array2string(c['range'], precision=1)}"
+        )
+
+
+def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
+    label_map = load_label_map()
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    styles = ["-", "--"]
+    for (title, stats), style in zip(runs, styles[: len(runs)], strict=True):
+        for name in ("road", "sidewalk", "terrain", "building", "vegetation", "car"):
+            mask = stats["labels"] == label_map.class_names.index(name)
+            colour = label_map.train_rgb[label_map.class_names.index(name)] / 255.0
+            kw = dict(histtype="step", density=True, color=colour, linestyle=style, label=f"{name} ({title})")
+            axes[0, 0].hist(stats["points"][mask, 3], bins=50, range=(0, 1), **kw)
+            axes[0, 1].hist(stats["points"][mask, 2], bins=60, range=(-3, 6), **kw)
+            axes[0, 2].hist(stats["rho"][mask], bins=60, range=(0, 60), **kw)
+        names = list(stats["classes"])
+        shares = [stats["classes"][n]["share"] for n in names]
+        offset = 0.0 if style == "-" else 0.4
+        axes[1, 0].bar(np.arange(len(names)) + offset, shares, width=0.4, label=title)
+        axes[1, 0].set_xticks(np.arange(len(names)) + 0.2, names, rotation=45)
+        axes[1, 1].hist(stats["elevation"], bins=np.arange(-26, 4, 0.1), histtype="step", label=title, density=True)
+        axes[1, 2].hist(stats["rho"], bins=100, range=(0, 80), histtype="step", label=title, density=True)
+    axes[0, 0].set(title="remission per class", xlabel="remission")
+    axes[0, 1].set(title="height z per class (sensor frame)", xlabel="z [m]")
+    axes[0, 2].set(title="horizontal range per class", xlabel="range [m]")
+    axes[1, 0].set(title="point share per class")
+    axes[1, 1].set(title="elevation atan2(z, range), range > 5 m", xlabel="deg")
+    axes[1, 2].set(title="horizontal range, all points", xlabel="m")
+    axes[0, 0].legend(fontsize=6)
+    for ax in axes[1]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--real", type=Path, default=Path("/work/shared/real/semantickitti"))
+    parser.add_argument("--compare", type=Path, help="a synthetic data root to compare with")
+    parser.add_argument("--compare-sequence", default=None)
+    parser.add_argument("--compare-scans", type=int, default=3)
+    parser.add_argument("--plot", type=Path, default=Path("docs/real_calibration.png"))
+    args = parser.parse_args()
+    runs = [("real", statistics(load(args.real, None, 3)))]
+    if args.compare is not None:
+        runs.append(("synthetic", statistics(load(args.compare, args.compare_sequence, args.compare_scans))))
+    for title, stats in runs:
+        report(title, stats)
+    plot(args.plot, runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Remission of the ``kitti`` sensor: a per-class albedo fitted to real SemanticKITTI scans.
+
+``bench/calibrate_real.py`` measured the real per-class remission (p10 / median / p90 over the
+shared scans, e.g. road 0.00 / 0.25 / 0.34, building 0.27 / 0.41 / 0.64, car 0.00 / 0.08 / 0.37):
+KITTI remission depends little on the incidence angle and range (the sensor normalises it), varies
+a lot from surface to surface, and a large share of the points of cars (windows, dark paint) and
+some of the road (wet or black patches) return 0. The model:
+
+    remission = albedo[class] · object scale · (0.75 + 0.25 · cos incidence) · exp(−range / 400) · lognormal
+
+with a per-class probability of an exact 0. In the real range images a dark car is dark as a whole
+(``docs/real_vs_synthetic.png``), so for vehicles the 0 is drawn per object (from its instance id),
+and surfaces are smooth (small per-point noise) while objects differ (the object scale, 0.7–1.3,
+drawn per object by the world builder). Lane markings keep their bright paint.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from m2s_perception.labels import load_label_map
+from m2s_training.synth.mesh import REFLECTIVITY
+
+# name: (albedo, per-point lognormal sigma, probability of remission 0 per point, per object);
+# medians match the real scans.
+KITTI_MATERIALS = {
+    "road": (0.29, 0.15, 0.06, 0.0),
+    "parking": (0.36, 0.15, 0.03, 0.0),
+    "sidewalk": (0.36, 0.12, 0.02, 0.0),
+    "other-ground": (0.36, 0.15, 0.03, 0.0),
+    "terrain": (0.39, 0.25, 0.03, 0.0),
+    "building": (0.50, 0.20, 0.01, 0.0),
+    "fence": (0.36, 0.25, 0.03, 0.0),
+    "vegetation": (0.41, 0.35, 0.05, 0.0),
+    "trunk": (0.37, 0.30, 0.05, 0.0),
+    "pole": (0.25, 0.40, 0.20, 0.0),
+    "traffic-sign": (0.80, 0.20, 0.05, 0.0),
+    "car": (0.30, 0.35, 0.15, 0.45),
+    "truck": (0.30, 0.35, 0.10, 0.3),
+    "other-vehicle": (0.30, 0.35, 0.10, 0.3),
+    "bicycle": (0.25, 0.40, 0.20, 0.2),
+    "motorcycle": (0.25, 0.40, 0.20, 0.3),
+    "person": (0.25, 0.35, 0.10, 0.1),
+    "bicyclist": (0.25, 0.35, 0.10, 0.1),
+    "motorcyclist": (0.25, 0.35, 0.10, 0.1),
+}
+
+
+@lru_cache(maxsize=1)
+def _tables() -> tuple[np.ndarray, ...]:
+    """Per raw id (65536 entries): albedo, sigma, zero probability and the simple reflectivity."""
+    label_map = load_label_map()
+    albedo, sigma, zero, dark = np.full(1 << 16, 0.3), np.full(1 << 16, 0.3), np.zeros(1 << 16), np.zeros(1 << 16)
+    simple = np.full(1 << 16, 0.3)
+    for raw, name in label_map.raw_names.items():
+        base = name.removeprefix("moving-")
+        if base in REFLECTIVITY:
+            simple[raw] = REFLECTIVITY[base]
+        train_name = label_map.class_names[label_map.to_train(np.array([raw]))[0]]
+        if train_name in KITTI_MATERIALS:
+            albedo[raw], sigma[raw], zero[raw], dark[raw] = KITTI_MATERIALS[train_name]
+    return albedo, sigma, zero, dark, simple
+
+
+def kitti_remission(
+    semantic: np.ndarray,
+    instance: np.ndarray,
+    reflectivity: np.ndarray,
+    cos_incidence: np.ndarray,
+    ranges: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Remission in [0, 1] per return; ``reflectivity`` is the mesh's (per-object scaled) value."""
+    albedo, sigma, zero, dark, simple = _tables()
+    scale = reflectivity / simple[semantic]  # the object's own scale; lane paint on road gives ~5
+    value = albedo[semantic] * scale * (0.75 + 0.25 * cos_incidence) * np.exp(-ranges / 400.0)
+    value = value * np.exp(rng.normal(0.0, 1.0, len(value)) * sigma[semantic])
+    value[rng.random(len(value)) < zero[semantic]] = 0.0
+    # a fixed pseudo-random number per object (Knuth's multiplicative hash): the same car stays dark
+    object_draw = (instance.astype(np.uint64) * np.uint64(2654435761) % np.uint64(1000)) / 1000.0
+    value[(instance > 0) & (object_draw < dark[semantic])] = 0.0
+    return np.clip(value, 0.0, 1.0).astype(np.float32)
