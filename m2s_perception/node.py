@@ -216,7 +216,11 @@ class SegmentNode(Node):
         allowed, suppressed = self.throttle.allow(kind)
         if allowed:
             text += f" ({suppressed} more like it suppressed)" if suppressed else ""
-            (self.get_logger().error if error else self.get_logger().warning)(text)
+            # two call sites: rclpy refuses one call site that logs at two severities
+            if error:
+                self.get_logger().error(text)
+            else:
+                self.get_logger().warning(text)
 
     # --- diagnostics ------------------------------------------------------------------------
     def _input_publishers(self) -> str:

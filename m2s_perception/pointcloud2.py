@@ -88,6 +88,10 @@ def find_intensity_field(fields: Sequence[CloudField]) -> str | None:
     return next((name for name in INTENSITY_NAMES if name in names), None)
 
 
+# Real records are tens of bytes; numpy's record size is a C int, so a lie of ~2^32 must be refused here.
+MAX_POINT_STEP = 65536
+
+
 def read_fields(msg: Any, names: Sequence[str]) -> np.ndarray:
     """Zero-copy structured view ``(height, width)`` of the named fields of a PointCloud2-like message.
 
@@ -108,6 +112,8 @@ def read_fields(msg: Any, names: Sequence[str]) -> np.ndarray:
 
     height, width = int(msg.height), int(msg.width)
     point_step, row_step = int(msg.point_step), int(msg.row_step)
+    if point_step > MAX_POINT_STEP:
+        raise CloudFormatError(f"point_step {point_step} is larger than any point record (at most {MAX_POINT_STEP})")
     byte_order = ">" if msg.is_bigendian else "<"
     formats, offsets = [], []
     for name in names:

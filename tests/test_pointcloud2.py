@@ -170,6 +170,13 @@ def test_malformed_clouds_raise_precise_errors(fields, data, kwargs, problem):
     assert problem in str(error.value)
 
 
+def test_a_point_step_near_2_to_the_32_is_bad_input_not_a_crash():
+    """Found by the fuzz: numpy's record size is a C int; 2^32 - 1 raised ValueError, an internal error."""
+    msg = duck_cloud(XYZI_F32, bytes(48), width=2, point_step=2**32 - 1, row_step=48)
+    with pytest.raises(CloudFormatError, match="point_step 4294967295 is larger than any point record"):
+        decode_cloud(msg)
+
+
 def test_short_organised_buffer_is_rejected():
     msg = duck_cloud(XYZI_F32, bytes(2 * 40 - 4), width=3, height=2, point_step=12, row_step=40)
     with pytest.raises(CloudFormatError, match=r"fewer than row_step \* height = 40 \* 2 = 80"):
