@@ -99,13 +99,15 @@ def load_model(
     return model, config, dict(checkpoint.get("meta", {}))
 
 
+_HINT = "give the label map the checkpoint was trained with (m2s-eval --label-map), or use one trained with this map"
+
+
 def check_classes(path: str | Path, config: ModelConfig, class_names: Any, label_map: LabelMap) -> None:
     """The model's outputs are the label map's training ids: same count, same names when stored."""
     if config.num_classes != label_map.num_classes:
         raise CheckpointError(
             f"{path}: the model predicts {config.num_classes} classes but the label map has "
-            f"{label_map.num_classes} ({', '.join(label_map.class_names)}); use a checkpoint trained "
-            "with this label map"
+            f"{label_map.num_classes} ({', '.join(label_map.class_names)}); {_HINT}"
         )
     if class_names is None:  # checkpoints older than class_names: the count is all we can check
         return
@@ -118,8 +120,7 @@ def check_classes(path: str | Path, config: ModelConfig, class_names: Any, label
     for train_id, (ours, theirs) in enumerate(zip(label_map.class_names, class_names, strict=True)):
         if ours != theirs:
             raise CheckpointError(
-                f"{path}: class {train_id} is {theirs!r} in the checkpoint but {ours!r} in the label map; "
-                "use a checkpoint trained with this label map"
+                f"{path}: class {train_id} is {theirs!r} in the checkpoint but {ours!r} in the label map; {_HINT}"
             )
 
 

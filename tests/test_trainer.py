@@ -133,6 +133,8 @@ def test_resume_continues_exactly(synth, tmp_path):
 def test_teacher_mode_needs_fusion_and_distill_needs_a_teacher():
     with pytest.raises(ValueError, match="fusion"):
         tiny_config(train__mode="teacher")
+    with pytest.raises(ValueError, match="fusion"):
+        tiny_config(train__mode="m2skd")
     with pytest.raises(ValueError, match="--teacher"):
         tiny_config(train__mode="distill")
 
@@ -239,7 +241,7 @@ def test_a_label_map_from_the_config_sets_the_classes_of_the_run_and_of_m2s_eval
     assert load_config(out / "config.yaml").label_map == str(label_map.resolve())
 
     common = ["--checkpoint", str(out / "best.pt"), "--data", str(synth), "--device", "cpu"]
-    with pytest.raises(SystemExit, match=r"trained for classes unlabeled, car, road.*pass --label-map"):
+    with pytest.raises(SystemExit, match=r"predicts 3 classes but the label map has 20.*m2s-eval --label-map"):
         m2s_eval([*common, "--out", str(tmp_path / "wrong")])
     m2s_eval([*common, "--out", str(tmp_path / "eval"), "--label-map", str(label_map)])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -277,3 +279,46 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_weights(s
     for name, value in straight["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], value), f"{name} differs (killed at step {killed_at})"
     assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)  # no temporaries of the killed write
+
+
+def m2skd_config(**values) -> TrainConfig:
+    """The official fusion (no poses, centroid shifts) over one previous scan: the tiny sequences are short.
+
+    Every hard class is fused: the tiny scenes' things are mostly cars and people."""
+    fusion = {"placement": "centroid", "k_previous": 1, "full_history_only": True}
+    return tiny_config(train__mode="m2skd", fusion=fusion, loss__class_weight_power=0.0, **values)
+
+
+def test_m2skd_mode_trains_one_network_on_both_views(synth, tmp_path):
+    trainer = Trainer(m2skd_config(train__max_steps=4), synth, tmp_path / "run", device="cpu")
+    assert trainer.extra_params == []  # no adapters, no second network: the teacher view is the model itself
+    batch = next(iter(trainer._epoch_loader(0)))
+    assert batch.is_fused.any()  # fused hard-class points reach the teacher view…
+    output, terms = trainer.loss_terms(batch)
+    assert len(output.point_logits) == int((~batch.is_fused).sum())  # …and never the task loss's view
+    assert {"ce", "lovasz", "m2skd_teacher_ce", "m2skd_logit", "m2skd_affinity"} <= set(terms)
+
+    # The teacher-view CE trains the shared weights (through the fused forward); the logit term's
+    # teacher side is detached, so its gradient is the student view's alone.
+    trainer.model.zero_grad()
+    terms["m2skd_teacher_ce"].backward(retain_graph=True)
+    assert terms["m2skd_teacher_ce"] > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
+
+    trainer.fit()
+    logged = {r["name"] for r in CsvLog.read(tmp_path / "run" / "log.csv")}
+    assert {"m2skd_teacher_ce", "m2skd_logit", "m2skd_affinity", "miou"} <= logged
+    student = Segmenter.from_checkpoint(tmp_path / "run" / "best.pt", "cpu")
+    assert student.predict(np.ones((3, 4), np.float32)).labels.shape == (3,)
+
+
+def test_m2skd_resume_continues_exactly(synth, tmp_path):
+    config = dataclasses.replace(m2skd_config(train__max_steps=4), augment=AugmentConfig())
+    straight = Trainer(config, synth, tmp_path / "straight", device="cpu")
+    straight.fit()
+    interrupted = tmp_path / "interrupted"
+    Trainer(config, synth, interrupted, device="cpu").fit(stop_at_step=2)
+    resumed = Trainer(config, synth, interrupted, device="cpu", resume=True)
+    resumed.fit()
+    assert resumed.step == straight.step == 4
+    assert_same_weights(resumed.model, straight.model)

@@ -39,7 +39,7 @@ def fold_input_batchnorm(linear: nn.Linear, norm: nn.BatchNorm1d) -> tuple[Tenso
     """(weight, bias) of ``linear(norm(x))`` as one linear layer: the norm is x * s + t."""
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
     shift = norm.bias - norm.running_mean * scale
-    bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+    bias = linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
     return linear.weight * scale, bias + linear.weight @ shift
 
 

@@ -117,11 +117,9 @@ def _pose_at(stamps: np.ndarray, matrices: np.ndarray, stamp: int, max_gap_ns: i
 
 
 def _intensity_hint(intensity: np.ndarray, scale: float) -> str | None:
-    """The node's off-scale intensity hint; None where the node (rclpy) cannot be imported."""
-    try:
-        from m2s_perception.node import intensity_problem
-    except ImportError:  # bag tools work without ROS; the hint is a nicety
-        return None
+    """The node's off-scale intensity hint (the pipeline's check: no rclpy needed)."""
+    from m2s_perception.pipeline import intensity_problem
+
     return intensity_problem(intensity, scale)
 
 
