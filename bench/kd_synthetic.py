@@ -4,7 +4,9 @@ For each seed, with the same data, step budget and seed:
 
 - teacher: ``config/teacher_polar_synthetic.yaml`` (full width, M2SKD fused multi-scan input);
 - student: ``config/distill_polar_synthetic.yaml`` in ``student`` mode (half width, single scans);
-- distilled: the same config in ``distill`` mode with that seed's teacher (all six KD terms).
+- distilled: the same config in ``distill`` mode with that seed's teacher (all six KD terms);
+- m2skd: ``config/m2skd_polar_synthetic.yaml``, the official M2SKD recipe: no separate teacher, the
+  student's own weights see the fused scan too (``m2s_training.m2skd``), same width and budget.
 
 Every final checkpoint (``last.pt``: fixed budget, no model selection on the evaluation scans) is
 scored on the validation sequence through ``m2s_training.evaluate.evaluate`` (single-scan input,
@@ -54,8 +56,9 @@ from m2s_training.trainer import Trainer
 CONFIGS = Path(__file__).resolve().parent.parent / "config"
 TEACHER_CONFIG = CONFIGS / "teacher_polar_synthetic.yaml"
 STUDENT_CONFIG = CONFIGS / "distill_polar_synthetic.yaml"
+M2SKD_CONFIG = CONFIGS / "m2skd_polar_synthetic.yaml"
 TRAIN_SEQUENCES, VAL_SEQUENCE = ["00", "01"], "08"
-MODELS = ("teacher", "student", "distilled")
+MODELS = ("teacher", "student", "distilled", "m2skd")
 
 
 def parse_args() -> argparse.Namespace:
@@ -168,12 +171,15 @@ def run(args: argparse.Namespace) -> dict:
         trained["distilled"] = train(
             student_config, data, runs / "distilled", "distill", args.device, trained["teacher"]["checkpoint"]
         )
+        m2skd_config = bench_config(M2SKD_CONFIG, args, seed, args.steps, args.student_width)
+        trained["m2skd"] = train(m2skd_config, data, runs / "m2skd", "m2skd", args.device)
         for name, info in trained.items():
             metrics = evaluate(info["checkpoint"], data, "val", runs / name / "eval", args.device)
             results[name][seed] = {**summarise(metrics), "train_minutes": info["minutes"]}
         fuser = MultiScanFuser(**vars(teacher_config.fusion))
         fused = evaluate_fused(trained["teacher"]["checkpoint"], data, fuser, args.device)
         results["teacher_fused_input"][seed] = summarise(fused.to_dict(load_label_map()))
+        write_text_atomic(args.out / "kd_synthetic.partial.json", json.dumps(results, indent=1) + "\n")
     return results
 
 

@@ -12,6 +12,7 @@ rejects unknown keys and wrong types in every section, also those the run's mode
     train:    LoopConfig    mode, teacher, steps, validation/checkpoint/log cadence, seed, AMP
     fusion:   FusionConfig  M2SKD multi-scan fusion (teacher / distill); null = none
     distill:  DistillConfig the m2s_training.distill terms' weights and sampling (distill mode)
+    m2skd:    M2skdConfig   the official M2SKD terms' weights (m2skd mode; m2s_training.m2skd)
 
 A run's ``config.yaml`` is this tree after overrides, so ``m2s-train --config RUN/config.yaml``
 repeats the run (mode and teacher included).
@@ -32,7 +33,7 @@ from m2s_training.data.dataset import AugmentConfig
 from m2s_training.fusion import MovingPolicy, Placement
 from m2s_training.losses import LossConfig
 
-MODES = ("student", "teacher", "distill")
+MODES = ("student", "teacher", "distill", "m2skd")
 
 # What may differ between a run's saved config and the config it is resumed with: budget and
 # cadence, not what the weights have learnt from so far.
@@ -71,7 +72,9 @@ class OptimConfig:
 class LoopConfig:
     """The ``train:`` section: what kind of run, how long, how often to validate, save and log."""
 
-    mode: str = "student"  # student | teacher (needs fusion) | distill (needs teacher)
+    # student | teacher (needs fusion) | distill (needs teacher) | m2skd (needs fusion: official M2SKD,
+    # one shared-weight network seeing the scan and the fused scan, see m2s_training.m2skd)
+    mode: str = "student"
     teacher: str | None = None  # teacher checkpoint (distill mode)
     epochs: int = 10
     max_steps: int | None = None  # optimisation steps in total; None = epochs × steps per epoch
@@ -164,6 +167,17 @@ class DistillConfig:
         return min(1.0, (step + 1) / self.ramp_steps)
 
 
+@dataclass(frozen=True)
+class M2skdConfig:
+    """Weights of the official M2SKD terms (m2skd mode, ``m2s_training.m2skd``); the defaults are the
+    released code's: 5 × logit, 0 × feature, 1 × class-level affinity, 0.2 × teacher-view CE."""
+
+    logit: float = 5.0
+    feature: float = 0.0
+    affinity: float = 1.0
+    teacher_view_ce: float = 0.2
+
+
 @dataclass
 class TrainConfig:
     label_map: str | None = None  # label map YAML (relative: to the working directory); None = packaged
@@ -175,10 +189,12 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
     fusion: FusionConfig | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
+    m2skd: M2skdConfig = field(default_factory=M2skdConfig)
 
     def __post_init__(self) -> None:
-        if self.train.mode == "teacher" and self.fusion is None:
-            raise ValueError("teacher mode needs a 'fusion:' section (MultiScanFuser settings) in the config")
+        if self.train.mode in ("teacher", "m2skd") and self.fusion is None:
+            mode = self.train.mode
+            raise ValueError(f"{mode} mode needs a 'fusion:' section (MultiScanFuser settings) in the config")
         if self.train.mode == "distill" and not self.train.teacher:
             raise ValueError("distill mode needs a teacher checkpoint: --teacher CKPT (train.teacher)")
 

@@ -14,37 +14,22 @@ view). These functions are the terms of that recipe on plain tensors, rows being
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2s_perception.labels import IGNORE_ID
 from m2s_perception.models import ModelOutput
+from m2s_training.config import M2skdConfig
 from m2s_training.data.dataset import Batch
 from m2s_training.distill import match_voxels
 
-# The official weights and constants.
-LOGIT_WEIGHT = 5.0
-FEATURE_WEIGHT = 0.0
-AFFINITY_WEIGHT = 1.0
-TEACHER_VIEW_CE_WEIGHT = 0.2
+# The official constants (the official weights are M2skdConfig's defaults).
 LOGIT_SCALE = 0.3  # softmax(0.3 · z): a temperature of 1 / 0.3
 LOGIT_KEEP_ABOVE = 0.01  # voxels whose term is at most this are left out of the mean
 FEATURE_KEEP_ABOVE = 1.0
 THING_CLASSES = (2, 3, 4, 5, 6, 7, 8)  # bicycle … motorcyclist in the 19-class map; car (1) is not one
 _EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class M2skdWeights:
-    """The weights of the distillation terms (official: 5, 0, 1) and of the teacher-view CE (0.2)."""
-
-    logit: float = LOGIT_WEIGHT
-    feature: float = FEATURE_WEIGHT
-    affinity: float = AFFINITY_WEIGHT
-    teacher_view_ce: float = TEACHER_VIEW_CE_WEIGHT
 
 
 def logit_term(
@@ -121,9 +106,11 @@ def distillation(
     labels: Tensor,
     student_features: Tensor | None = None,
     teacher_features: Tensor | None = None,
-    weights: M2skdWeights = M2skdWeights(),
+    weights: M2skdConfig | None = None,
 ) -> dict[str, Tensor]:
-    """The weighted distillation terms on the student view's voxels (rows aligned across views)."""
+    """The weighted distillation terms on the student view's voxels (rows aligned across views);
+    ``weights`` default: the official ones."""
+    weights = weights or M2skdConfig()
     terms = {
         "m2skd_logit": weights.logit * logit_term(student_logits, teacher_logits),
         "m2skd_affinity": weights.affinity * affinity_term(student_logits, teacher_logits, labels),
@@ -143,11 +130,11 @@ class JointM2skd(nn.Module):
     The model is held outside the module's parameters, so the optimiser does not see it twice.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, weights: M2skdWeights = M2skdWeights()):
+    def __init__(self, model: nn.Module, num_classes: int, weights: M2skdConfig | None = None):
         super().__init__()
         self._model = [model]  # a plain list: not a submodule
         self.num_classes = num_classes
-        self.weights = weights
+        self.weights = weights or M2skdConfig()
 
     def forward(self, batch: Batch, output: ModelOutput, step: int | None = None) -> dict[str, Tensor]:
         own = ~batch.is_fused

@@ -7,6 +7,9 @@
 - ``distill``: the model (the student) sees ``batch.student_view()``; an ``extra_loss`` module
   built by ``m2s_training.distill.build_distiller`` receives the full batch (fused points included,
   for the teacher), the student's output and the step, and returns named, weighted loss terms.
+- ``m2skd``: the official M2SKD recipe: no separate teacher; the model sees the student view for
+  its task loss, and the extra loss (``m2s_training.m2skd.JointM2skd``) runs the SAME model on the
+  fused batch with gradients (teacher-view CE on changed labels, logit and affinity terms).
 
 Runs under ``torchrun`` use DDP (gloo on CPU, nccl on CUDA); only rank 0 writes. ``OUT/last.pt``
 holds everything needed to continue exactly (model, optimizer, scheduler, scaler, step, RNG, the
@@ -130,7 +133,7 @@ class Trainer:
     def _datasets(self, root: Path) -> tuple[SemanticKittiDataset, SemanticKittiDataset]:
         config, data = self.config, self.config.data
         fuser = None
-        if self.mode in ("teacher", "distill") and config.fusion is not None:
+        if self.mode in ("teacher", "distill", "m2skd") and config.fusion is not None:
             from m2s_training.fusion import MultiScanFuser
 
             fuser = MultiScanFuser(**vars(config.fusion), label_map=self.label_map)
@@ -151,6 +154,12 @@ class Trainer:
         return train, val
 
     def _extra_loss(self) -> nn.Module | None:
+        if self.mode == "m2skd":
+            if self.ddp.enabled:  # the teacher view's forward bypasses DDP: its gradients would not be synced
+                raise ValueError("m2skd mode runs on one process; start m2s-train without torchrun")
+            from m2s_training.m2skd import JointM2skd
+
+            return JointM2skd(self.model, self.label_map.num_classes, self.config.m2skd)
         if self.mode != "distill":
             return None
         from m2s_training.distill import build_distiller
@@ -225,7 +234,7 @@ class Trainer:
 
     def loss_terms(self, batch: Batch) -> tuple[ModelOutput, dict[str, torch.Tensor]]:
         """Forward the model on what it may see and return every named loss term."""
-        seen = batch.student_view() if self.mode == "distill" else batch
+        seen = batch.student_view() if self.mode in ("distill", "m2skd") else batch
         with self._autocast():
             output = self.ddp_model(seen.points, seen.batch_index, seen.batch_size)
             terms = self.criterion(output.point_logits, seen.labels, seen.is_fused)
