@@ -99,8 +99,9 @@ def group_affinity_distillation(
     size = int(rank.max()) + 1
 
     def affinity(features: Tensor) -> Tensor:
-        padded = features.new_zeros((len(counts), size, features.shape[1]))
-        padded[group, rank] = F.normalize(features[rows], dim=1)
+        # float32 whatever the features' dtype: under CUDA autocast they arrive in half precision
+        padded = features.new_zeros((len(counts), size, features.shape[1]), dtype=torch.float32)
+        padded[group, rank] = F.normalize(features[rows].float(), dim=1)
         return padded @ padded.transpose(1, 2)
 
     valid = torch.zeros((len(counts), size), dtype=torch.bool, device=rows.device)

@@ -180,7 +180,8 @@ class FusedPolarNet(nn.Module):
 
 def _copy_linear(layer: nn.Linear, weight: Tensor | None = None, bias: Tensor | None = None) -> nn.Linear:
     weight = layer.weight if weight is None else weight
-    bias = (layer.bias if layer.bias is not None else torch.zeros(layer.out_features)) if bias is None else bias
+    if bias is None:
+        bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
     copy = nn.Linear(layer.in_features, layer.out_features, bias=True)
     copy.weight.copy_(weight)
     copy.bias.copy_(bias)
@@ -205,7 +206,8 @@ def _fused_point_mlp(mlp: nn.Sequential) -> list[nn.Linear]:
         if not fused:
             weight, bias = fold_input_batchnorm(linear, input_norm)
         else:
-            weight, bias = linear.weight, linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+            weight = linear.weight
+            bias = linear.bias if linear.bias is not None else weight.new_zeros(linear.out_features)
         if layers and isinstance(layers[0], nn.BatchNorm1d):
             weight, bias = fold_batchnorm(weight, bias, layers[0])
             layers = layers[2:]  # the norm and its ReLU
