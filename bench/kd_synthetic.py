@@ -50,7 +50,6 @@ from m2s_training.data.semantic_kitti import Sequence
 from m2s_training.evaluate import evaluate
 from m2s_training.fusion import MultiScanFuser
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
-from m2s_training.synth import generate
 from m2s_training.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "config"
@@ -83,6 +82,7 @@ def parse_args() -> argparse.Namespace:
         "--fused-weight", type=float, default=None, help="the teacher's loss.fused_weight (default: the config's)"
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0, help="data loader workers per run (0: in the main process)")
     parser.add_argument(
         "--distill",
         nargs="+",
@@ -103,7 +103,7 @@ def bench_config(
     if not args.full_width:
         values |= {"model.point_channels": [32, 64], "model.base_channels": 16, "model.levels": 3}
     # The trainer's own end-of-run validation only feeds its log; the bench scores every scan itself.
-    values |= {"data.num_workers": 0, "data.max_val_scans": 2}
+    values |= {"data.num_workers": args.workers, "data.max_val_scans": 2}
     values |= {"train.epochs": 10_000, "train.max_steps": steps, "train.val_every": steps}  # max_steps: the budget
     values |= {"train.checkpoint_every": steps, "train.seed": seed}
     values |= {f"distill.{key}": value for key, value in parse_overrides(args.distill).items()}
@@ -156,7 +156,9 @@ def summarise(metrics: dict) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     data = args.out / "data"
-    if not (data / "sequences" / VAL_SEQUENCE).is_dir():
+    if not (data / "sequences" / VAL_SEQUENCE).is_dir():  # generated once, then reused (also where open3d is absent)
+        from m2s_training.synth import generate
+
         generate(data, TRAIN_SEQUENCES, preset="tiny", scans=args.train_scans, seed=0)
         generate(data, [VAL_SEQUENCE], preset="tiny", scans=args.val_scans, seed=0)
     results: dict[str, dict[int, dict]] = {name: {} for name in (*MODELS, "teacher_fused_input")}
