@@ -1,6 +1,6 @@
 """Throughput of the synthetic generator: scans per second, simulation alone and with file writes.
 
-Usage: python bench/bench_synth.py [--preset default] [--scans 20]
+Usage: python bench/bench_synth.py [--preset hdl64] [--scans 20]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from m2s_training.synth import SequenceSimulator, get_preset, write_sequence
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="default")
+    parser.add_argument("--preset", default="hdl64")
     parser.add_argument("--scans", type=int, default=20)
     args = parser.parse_args()
     preset = get_preset(args.preset)

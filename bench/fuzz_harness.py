@@ -1,6 +1,6 @@
 """The real ``m2s-segment`` process and a DDS client for it, shared by ``fuzz_node.py`` and ``soak_node.py``.
 
-The node runs as ``m2s bag evaluate`` runs it (``SegmentNode``: its own process group, killed with
+The node runs as ``m2s bag evaluate`` runs it (``NodeProcess``: its own process group, killed with
 this process), DDS on loopback with the shipped Fast DDS profile. The client publishes RELIABLE
 (every message reaches the node: the benches test the node, not the transport), collects the
 labelled clouds and the node's ``/diagnostics`` counters, and reads the node's RSS and thread count.
@@ -28,13 +28,13 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
-from m2s_training.bag.evaluate import SegmentNode  # noqa: E402
+from m2s_training.bag.evaluate import NodeProcess  # noqa: E402
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "m2s_perception" / "weights" / "demo_student.pt"
 COUNTERS = ("scans_received", "scans_processed", "scans_dropped", "scans_rejected")
 
 
-def start_node(workdir: Path, name: str, checkpoint: Path, **overrides) -> SegmentNode:
+def start_node(workdir: Path, name: str, checkpoint: Path, **overrides) -> NodeProcess:
     parameters = {
         "checkpoint": str(checkpoint.resolve()),
         "device": "cpu",
@@ -48,7 +48,7 @@ def start_node(workdir: Path, name: str, checkpoint: Path, **overrides) -> Segme
     params_file = workdir / f"{name}.yaml"
     params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": parameters}}))
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(150, 230)))
-    return SegmentNode(params_file, workdir / f"{name}.log")
+    return NodeProcess(params_file, workdir / f"{name}.log")
 
 
 def valid_cloud(points: int, seed: int, sec: int) -> PointCloud2:
@@ -102,7 +102,7 @@ class Client:
             self.executor.spin_once(timeout_sec=0.01)
         return condition()
 
-    def wait_for_node(self, node: SegmentNode, timeout: float = 120.0) -> None:
+    def wait_for_node(self, node: NodeProcess, timeout: float = 120.0) -> None:
         up = self.wait_until(lambda: self.publisher.get_subscription_count() > 0 or not node.alive(), timeout)
         if not up or not node.alive():
             raise SystemExit(f"m2s-segment did not come up:\n{node.log_tail()}")
@@ -119,7 +119,7 @@ class Client:
         rclpy.shutdown(context=self.context)
 
 
-def usage(node: SegmentNode) -> tuple[float, int]:
+def usage(node: NodeProcess) -> tuple[float, int]:
     """(RSS in MB, threads) of the node process."""
     process = psutil.Process(node.process.pid)
     return process.memory_info().rss / 1e6, process.num_threads()

@@ -36,7 +36,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import PointCloud2, PointField
 
 from m2s_perception import node_params
-from m2s_perception.labels import load_label_map
+from m2s_perception.labels import LabelMap, load_label_map
 from m2s_perception.node_health import HealthReport, LatestScanSlot, ScanStats, Thresholds, WarningThrottle
 from m2s_perception.pipeline import REJECTION_KINDS, ScanLabeller, ScanRejected, load_segmenter, resolve_checkpoint
 
@@ -53,8 +53,8 @@ LOG_PERIOD_S = 5.0
 class SegmentNode(Node):
     def __init__(self, **node_kwargs: Any):
         super().__init__("m2s_segment", **node_kwargs)
-        self.label_map = load_label_map()
         self._declare_parameters()
+        self.label_map = self._load_label_map()
         problems = node_params.validate(self._values(), self.label_map.class_names)
         if problems:
             raise ValueError("; ".join(problems))
@@ -67,10 +67,9 @@ class SegmentNode(Node):
 
         checkpoint = resolve_checkpoint(self._param("checkpoint"))
         options = {k: self._param(k) for k in ("device", "precision", "backend", "num_threads")}
-        self.segmenter = load_segmenter(checkpoint, **options)
-        self.get_logger().info(
-            f"loaded {checkpoint} on {self.segmenter.device} (fp16 autocast: {self.segmenter.fp16}); warming up"
-        )
+        self.segmenter = load_segmenter(checkpoint, **options, label_map=self.label_map)
+        engine = self.segmenter.describe()  # e.g. "openvino 2026.4.1 on cpu", "torch 2.11.0 on cuda fp16"
+        self.get_logger().info(f"loaded {checkpoint}: {engine}; warming up")
         self.segmenter.warmup()
         self.labeller = ScanLabeller(self.segmenter, self.label_map, PointCloud2, PointField)
         self.debug_delay_s = self._param("debug_delay_s")
@@ -100,6 +99,13 @@ class SegmentNode(Node):
         self.get_logger().info(f"segmenting {self.input_topic} → {outputs}")
 
     # --- parameters -------------------------------------------------------------------------
+    def _load_label_map(self) -> LabelMap:
+        path = self._param("label_map")
+        try:
+            return load_label_map(path or None)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"label_map {path!r}: {err}") from None
+
     def _declare_parameters(self) -> None:
         for p in node_params.PARAMETERS:
             descriptor = ParameterDescriptor(description=p.description, read_only=p.read_only)

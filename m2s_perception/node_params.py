@@ -32,6 +32,7 @@ class Param:
 
 PARAMETERS: tuple[Param, ...] = (
     Param("checkpoint", "", "m2s checkpoint (.pt); empty = the packaged demo weights"),
+    Param("label_map", "", "label map YAML the checkpoint was trained with; empty = the packaged SemanticKITTI one"),
     Param("device", "auto", "torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:N"),
     Param("precision", "auto", "fp16 autocast on CUDA or fp32; CPU always runs fp32", choices=("auto", "fp16", "fp32")),
     Param("backend", "torch", "inference backend (torch; onnxruntime/openvino where installed)"),

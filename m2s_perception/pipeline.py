@@ -215,7 +215,14 @@ def resolve_checkpoint(value: str) -> Path:
     )
 
 
-def load_segmenter(checkpoint: Path, device: str, precision: str, backend: str = "torch", num_threads: int = 0) -> Any:
+def load_segmenter(
+    checkpoint: Path,
+    device: str,
+    precision: str,
+    backend: str = "torch",
+    num_threads: int = 0,
+    label_map: LabelMap | None = None,
+) -> Any:
     """``Segmenter.from_checkpoint``; ``backend``/``num_threads`` are passed only when set, so the node
     also runs with an inference module that predates them (then num_threads sets torch's threads)."""
     import torch
@@ -234,6 +241,8 @@ def load_segmenter(checkpoint: Path, device: str, precision: str, backend: str =
         options["num_threads"] = num_threads
     elif num_threads:
         torch.set_num_threads(num_threads)
+    if label_map is not None and "label_map" in accepted:
+        options["label_map"] = label_map
     return Segmenter.from_checkpoint(checkpoint, device=device, fp16=PRECISIONS[precision], **options)
 
 

@@ -320,3 +320,34 @@ def test_worker_survives_internal_errors_and_reports_them(checkpoint):
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+@pytest.mark.ros
+def test_label_map_parameter_sets_the_classes_the_node_labels_with(tmp_dir):
+    """A checkpoint trained for another label map: refused with the packaged map, served with its own."""
+    from tests.test_config import small_label_map
+
+    label_map = small_label_map(tmp_dir)  # unlabeled, car, road
+    config = ModelConfig(**{**SMALL_POLAR.to_dict(), "num_classes": 3})
+    path = tmp_dir / "car_road.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model(config), config, class_names=["unlabeled", "car", "road"])
+
+    refused = SegmentProcess(tmp_dir, "m2s_segment_map_refused", node_parameters(path, "m2s_segment_map_refused"))
+    try:
+        assert refused.process.wait(60) == 1, refused.log()
+    finally:
+        refused.stop(signal.SIGKILL)
+    assert "the model predicts 3 classes but the label map has 20" in refused.log()
+
+    name = "m2s_segment_map"
+    node = SegmentProcess(tmp_dir, name, node_parameters(path, name, label_map=str(label_map), label_format="raw"))
+    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
+    try:
+        client.wait_for_node(node)
+        out = client.request(kitti_f32(lidar_points(400, seed=3), sec=700))
+        raw_labels = set(np.unique(read_fields(out, ["label"])["label"]).tolist())
+        assert raw_labels <= {0, 10, 40}, raw_labels  # the small map's raw ids: unlabeled, car, road
+    finally:
+        client.close()
+        node.stop(signal.SIGTERM)

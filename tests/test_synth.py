@@ -162,7 +162,7 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_preset_is_kitti_like():
-    sim = SequenceSimulator(get_preset("default"), scans=2, seed=0, sequence="00")
+    sim = SequenceSimulator(get_preset("hdl64"), scans=2, seed=0, sequence="00")
     scan = sim.scan(1)
     assert 100_000 <= len(scan.points) <= 130_000
     assert set(np.unique(LABELS.to_train(scan.semantic)).tolist()) >= {1, 9, 11, 13, 15, 17}

@@ -104,6 +104,8 @@ def node_parameters(checkpoint: Path, options: EvaluationOptions) -> dict:
         # (keep-last 1), so reliability adds no queue and the drop count measures the node alone.
         "input_reliability": "reliable",
         "output_reliability": "reliable",
+        # a replayed bag carries its recording's stamps: their age says nothing about the node
+        "max_delay_ms": 0.0,
     }
     if options.backend != "torch":  # only when set: a node without the parameter still runs the default
         parameters["backend"] = options.backend
@@ -205,7 +207,7 @@ def _die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-class SegmentNode:
+class NodeProcess:
     """The ``m2s-segment`` process, its log in ``OUT/node.log``; stopped with SIGINT, then killed.
 
     It runs in its own process group (whatever it spawns is stopped with it) and, on Linux, gets
@@ -244,7 +246,7 @@ class SegmentNode:
             os.killpg(self.process.pid, sig)
 
 
-def _wait_until_ready(player: BagPlayer, recorder: OutputRecorder, segment: SegmentNode, timeout: float) -> None:
+def _wait_until_ready(player: BagPlayer, recorder: OutputRecorder, segment: NodeProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not (player.wait_for_subscribers(0.0) and recorder.subscription.get_publisher_count() > 0):
         if not segment.alive():
@@ -290,7 +292,7 @@ def _replay_and_record(bag: Path, checkpoint: Path, out: Path, options: Evaluati
         stack.callback(writer.close)
         _copy_topics(bag, writer)
 
-        segment = SegmentNode(params_file, out / "node.log")
+        segment = NodeProcess(params_file, out / "node.log")
         stack.callback(segment.stop)
         context = rclpy.Context()
         rclpy.init(context=context)

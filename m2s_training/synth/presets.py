@@ -28,7 +28,7 @@ PRESETS = {
     # ~10k points per scan, a 10-scan sequence in about a second: for tests of everything downstream.
     "tiny": Preset("tiny", SensorConfig(beams=32, azimuth_steps=512, max_range=50.0), scans=10),
     # HDL-64E-like: 64 beams over +2°…−24.8°, 0.17° azimuth steps, ~120k points per scan.
-    "default": Preset("default", SensorConfig(), scans=100),
+    "hdl64": Preset("hdl64", SensorConfig(), scans=100),
     # Calibrated on real SemanticKITTI scans (bench/calibrate_real.py, docs/benchmarks.md "Sim-to-real"):
     # the HDL-64E's two laser blocks, 0.18° azimuth steps as measured, ray drop, KITTI-like remission
     # and a varied residential street. What the training configs for real data use.

@@ -29,7 +29,7 @@ class SensorConfig:
     remission_noise: float = 0.03
     mount_height: float = 1.73  # metres above the road
     rate_hz: float = 10.0
-    # Realism knobs of the ``kitti`` preset (the defaults keep the simple sensor of ``tiny``/``default``):
+    # Realism knobs of the ``kitti`` preset (the defaults keep the simple sensor of ``tiny``/``hdl64``):
     elevation_table: tuple[float, ...] | None = None  # degrees per beam, top first; overrides the linspace
     materials: str = "simple"  # "simple": mesh reflectivity; "kitti": per-class albedo fitted to real KITTI
     grazing_drop: float = 0.0  # returns with cos(incidence) below this are lost (prob. rising to 1 at 0)
