@@ -9,6 +9,7 @@ labelled clouds and the node's ``/diagnostics`` counters, and reads the node's R
 from __future__ import annotations
 
 import array
+import json
 import os
 import random
 import time
@@ -28,7 +29,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
-from m2s_training.bag.evaluate import NodeProcess  # noqa: E402
+from m2s_training.bag.node_process import NodeProcess  # noqa: E402
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "m2s_perception" / "weights" / "demo_student.pt"
 COUNTERS = ("scans_received", "scans_processed", "scans_dropped", "scans_rejected")
@@ -123,3 +124,12 @@ def usage(node: NodeProcess) -> tuple[float, int]:
     """(RSS in MB, threads) of the node process."""
     process = psutil.Process(node.process.pid)
     return process.memory_info().rss / 1e6, process.num_threads()
+
+
+def verdict(checks: dict[str, bool], summary: dict, json_path: Path | None) -> int:
+    """Print each check as PASS/FAIL, write the summary as JSON if asked; the exit code (0: all pass)."""
+    for name, ok in checks.items():
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+    if json_path:
+        json_path.write_text(json.dumps({**summary, "checks": checks}, indent=1) + "\n")
+    return 0 if all(checks.values()) else 1

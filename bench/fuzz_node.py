@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fuzz_harness import DEMO_WEIGHTS, Client, start_node, usage, valid_cloud
+from fuzz_harness import DEMO_WEIGHTS, Client, start_node, usage, valid_cloud, verdict
 from sensor_msgs.msg import PointCloud2, PointField
 
 NAMES = ["x", "y", "z", "intensity", "i", "remission", "reflectivity", "ring", "time", "t", "label", "rgb", "",
@@ -265,11 +265,7 @@ def report(s: dict, args: argparse.Namespace) -> int:
     print(f"  tracebacks in the node log: {s['tracebacks_in_log']}")
     for text in s["internal_error_messages"]:
         print(f"  internal error logged by the node (scan skipped, node kept serving): {text}")
-    for name, ok in checks.items():
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
-    if args.json:
-        args.json.write_text(json.dumps({**s, "checks": checks}, indent=1) + "\n")
-    return 0 if all(checks.values()) else 1
+    return verdict(checks, s, args.json)
 
 
 if __name__ == "__main__":

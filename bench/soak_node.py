@@ -12,14 +12,13 @@ goes unanswered, the node exits, RSS grows by 10 % or more, or the thread count 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from fuzz_harness import DEMO_WEIGHTS, Client, start_node, usage, valid_cloud
+from fuzz_harness import DEMO_WEIGHTS, Client, start_node, usage, valid_cloud, verdict
 
 
 def main() -> int:
@@ -75,11 +74,7 @@ def main() -> int:
     print(f"  node RSS {rss[0]:.1f} MB at scan {int(scans[0])} -> {rss[-1]:.1f} MB at scan {int(scans[-1])} "
           f"({100 * summary['rss_growth']:+.1f} %), slope {slope:+.3f} MB per 1000 scans")  # fmt: skip
     print(f"  threads {summary['threads_first']} -> {summary['threads_last']}")
-    for name, ok in checks.items():
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
-    if args.json:
-        args.json.write_text(json.dumps({**summary, "checks": checks}, indent=1) + "\n")
-    return 0 if all(checks.values()) else 1
+    return verdict(checks, summary, args.json)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from m2s_perception.models import ModelConfig, build_model
 from m2s_training import m2skd
 from m2s_training.data.dataset import Batch
+from tests.test_distill import TINY  # the same tiny polar model as the distillation tests
 
 
 def test_logit_term_by_hand():
@@ -91,14 +92,6 @@ def test_plain_cross_entropy_has_no_class_weights():
 
 # --- the joint (shared-weight) teacher view on a tiny real model ---------------------------------
 
-TINY = dict(
-    grid_size=(16, 16, 4),
-    rho_range=(0.0, 20.0),
-    z_range=(-2.0, 2.0),
-    point_channels=(16, 32),
-    base_channels=8,
-    levels=2,
-)
 PERSON, ROAD = 6, 9
 
 

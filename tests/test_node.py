@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,33 +13,16 @@ import yaml
 from sensor_msgs.msg import PointCloud2, PointField
 
 from m2s_perception import node_params
-from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
-from m2s_perception.models import build_model
 from m2s_perception.node_health import LatestScanSlot
 from m2s_perception.pipeline import LabelSettings, ScanLabeller, ScanRejected, intensity_problem, resolve_checkpoint
 from m2s_perception.pointcloud2 import decode_cloud, make_cloud, read_fields
-from m2s_training.checkpoint import save_checkpoint
 from tests.node_clouds import (
-    SMALL_POLAR,
     header,
     lidar_points,
     ouster_like,
 )
 from tests.segment_process import REPO, segment_command
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small_polar.pt"
-    save_checkpoint(path, build_model(SMALL_POLAR), SMALL_POLAR)
-    return path
-
-
-@pytest.fixture(scope="module")
-def segmenter(checkpoint) -> Segmenter:
-    return Segmenter.from_checkpoint(checkpoint, device="cpu")
 
 
 def test_latest_scan_slot_keeps_only_the_newest():

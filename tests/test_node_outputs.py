@@ -9,36 +9,19 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
-from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
-from m2s_perception.models import build_model
 from m2s_perception.pointcloud2 import read_fields
-from m2s_training.checkpoint import save_checkpoint
-from tests.node_clouds import SMALL_POLAR, expected_labels, kitti_f32, lidar_points, node_parameters, ouster_like
+from tests.node_clouds import expected_labels, kitti_f32, lidar_points, node_parameters, ouster_like
 from tests.segment_process import CloudClient, SegmentProcess
 
 pytestmark = pytest.mark.ros
 WARN, ERROR = 1, 2
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small_polar.pt"
-    save_checkpoint(path, build_model(SMALL_POLAR), SMALL_POLAR)
-    return path
-
-
-@pytest.fixture(scope="module")
-def segmenter(checkpoint) -> Segmenter:
-    return Segmenter.from_checkpoint(checkpoint, device="cpu")
 
 
 def parameters(checkpoint, name: str, **overrides) -> dict:

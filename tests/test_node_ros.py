@@ -12,7 +12,6 @@ import pytest
 import torch
 from sensor_msgs.msg import PointCloud2
 
-from m2s_perception.inference import Segmenter
 from m2s_perception.models import ModelConfig, build_model
 from m2s_perception.pointcloud2 import decode_cloud, read_fields
 from m2s_training.checkpoint import save_checkpoint
@@ -28,19 +27,6 @@ from tests.node_clouds import (
     ouster_like,
 )
 from tests.segment_process import CloudClient, SegmentProcess
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small_polar.pt"
-    save_checkpoint(path, build_model(SMALL_POLAR), SMALL_POLAR)
-    return path
-
-
-@pytest.fixture(scope="module")
-def segmenter(checkpoint) -> Segmenter:
-    return Segmenter.from_checkpoint(checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +35,6 @@ import torch
 import yaml
 from rosbags.rosbag2 import Writer
 
-import m2s_perception
 from m2s_perception.checkpoint import read_checkpoint
 from m2s_perception.labels import LabelMap, load_label_map
 from m2s_perception.pointcloud2 import CloudFormatError, read_fields
@@ -57,6 +51,7 @@ from m2s_training.bag import (
     use_loopback_dds,
 )
 from m2s_training.bag.kitti2bag import SENSOR_DATA_QOS, STORAGE_PLUGINS
+from m2s_training.bag.node_process import NodeProcess
 from m2s_training.bag.replay import BagMessage, BagPlayer, ReplayOptions
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 from m2s_training.reporting import plot_iou
@@ -110,19 +105,6 @@ def node_parameters(checkpoint: Path, options: EvaluationOptions) -> dict:
     if options.backend != "torch":  # only when set: a node without the parameter still runs the default
         parameters["backend"] = options.backend
     return {**parameters, **options.node_parameters}
-
-
-def segment_command(params_file: Path) -> tuple[list[str], dict[str, str]]:
-    """Command and environment of the node: its console script beside this interpreter (a venv)
-    or on PATH; from a source checkout that was not pip-installed, ``python -m m2s_perception.node``."""
-    env = dict(os.environ)
-    beside = Path(sys.executable).parent / "m2s-segment"
-    script = str(beside) if beside.exists() else shutil.which("m2s-segment")
-    if script is not None:
-        return [script, "--ros-args", "--params-file", str(params_file)], env
-    source_root = str(Path(m2s_perception.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
-    return [sys.executable, "-m", "m2s_perception.node", "--ros-args", "--params-file", str(params_file)], env
 
 
 @dataclass
@@ -187,63 +169,6 @@ class OutputRecorder:
                     return False
                 self._answered.wait(min(remaining, 0.5))
         return True
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the parent dies, even by ``kill -9``.
-
-    SIGTERM, not SIGKILL: the node then shuts down rclpy and removes its Fast DDS shared-memory
-    segment (a SIGKILLed DDS process leaves it in /dev/shm).
-    """
-    import ctypes
-
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-class NodeProcess:
-    """The ``m2s-segment`` process, its log in ``OUT/node.log``; stopped with SIGINT, then killed.
-
-    It runs in its own process group (whatever it spawns is stopped with it) and, on Linux, gets
-    SIGTERM from the kernel when the evaluating process dies, so no node outlives the evaluation.
-    """
-
-    def __init__(self, params_file: Path, log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
-        command, env = segment_command(params_file)
-        linux = sys.platform.startswith("linux")
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=_die_with_parent if linux else None,
-        )  # fmt: skip
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def stop(self) -> None:
-        """SIGINT to the node's process group, SIGKILL to the group after 10 s."""
-        if self.alive():
-            self._signal_group(signal.SIGINT)
-            with suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
-        self._signal_group(signal.SIGKILL)  # anything the node left in its group
-        self.process.wait()
-        self._log.close()
-
-    def _signal_group(self, sig: int) -> None:
-        with suppress(ProcessLookupError):  # the group is already gone
-            os.killpg(self.process.pid, sig)
 
 
 def _wait_until_ready(player: BagPlayer, recorder: OutputRecorder, segment: NodeProcess, timeout: float) -> None:
