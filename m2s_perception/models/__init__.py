@@ -34,6 +34,9 @@ class ModelConfig:
     base_channels: int = 32  # first grid-network level at width 1.0; doubles per level
     levels: int = 4  # resolution levels of the U-Net (polar) / sparse encoder (cylinder)
     circular_phi: bool = True  # polar: pad the phi axis circularly (the grid wraps at ±π)
+    # polar: a point branch (PVKD): per-point logits from each point's own features and its voxel's
+    # decoder feature, added to the voxel logits. Off: every point copies its voxel's logits.
+    point_branch: bool = False
 
     def __post_init__(self) -> None:
         self.grid_size = tuple(int(v) for v in self.grid_size)
@@ -52,6 +55,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {(low, high)}")
         if self.rho_range[0] < 0:
             raise ValueError(f"rho_range must start at or above 0 m, got {self.rho_range}")
+        if self.point_branch and self.backbone != "polar":
+            raise ValueError(f"point_branch is implemented for the polar backbone only, not {self.backbone!r}")
         if self.num_classes < 2 or self.levels < 1 or not self.point_channels:
             raise ValueError("num_classes >= 2, levels >= 1 and at least one point channel are required")
 

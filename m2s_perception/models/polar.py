@@ -94,6 +94,14 @@ class PolarNet(nn.Module):
         self.unet = UNet2d(bev_channels, bev_channels, config.levels, config.circular_phi)
         self.height_bins = config.grid_size[2]
         self.head = nn.Linear(self.unet.out_channels, config.num_classes * self.height_bins)
+        self.point_head = None
+        if config.point_branch:  # a correction per point on top of its voxel's logits
+            hidden = config.channels(64)
+            self.point_head = nn.Sequential(
+                nn.Linear(self.point_encoder.out_channels + self.unet.out_channels, hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, config.num_classes),
+            )
 
     def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
         rho_bins, phi_bins, height_bins = self.config.grid_size
@@ -119,13 +127,13 @@ class PolarNet(nn.Module):
         voxel_cell, voxel_k = unravel_index(voxels, (len(cells), height_bins))
         voxel_logits = cell_logits[voxel_cell, voxel_k]
         voxel_coords = torch.stack([cell_b[voxel_cell], cell_i[voxel_cell], cell_j[voxel_cell], voxel_k], dim=1)
-        return ModelOutput.from_voxels(
-            voxel_logits,
-            voxel_coords,
-            point_to_voxel,
-            {
-                "point_mlp": point_features,
-                "bev_encoder": bottleneck_at_cells[point_to_cell],
-                "bev_decoder": decoded_at_cells[point_to_cell],
-            },
-        )
+        features = {
+            "point_mlp": point_features,
+            "bev_encoder": bottleneck_at_cells[point_to_cell],
+            "bev_decoder": decoded_at_cells[point_to_cell],
+        }
+        if self.point_head is None:
+            return ModelOutput.from_voxels(voxel_logits, voxel_coords, point_to_voxel, features)
+        correction = self.point_head(torch.cat([point_features, features["bev_decoder"]], dim=1))
+        point_logits = voxel_logits[point_to_voxel] + correction
+        return ModelOutput(point_logits, voxel_logits, voxel_coords, point_to_voxel, features)

@@ -141,6 +141,10 @@ class FusedPolarNet(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if model.config.point_branch:
+            raise ValueError(
+                "the fused inference network has no point branch (point_branch: true): use backend 'torch'"
+            )
         self.pool = MaxIntoRows if pooling == "rows" else MaxIntoElements
         model = model.eval()
         self.grid_size = model.config.grid_size
