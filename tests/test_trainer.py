@@ -322,3 +322,14 @@ def test_m2skd_resume_continues_exactly(synth, tmp_path):
     resumed.fit()
     assert resumed.step == straight.step == 4
     assert_same_weights(resumed.model, straight.model)
+
+
+def test_distill_into_a_student_with_a_point_branch(synth, tmp_path):
+    """PVKD's point-level KD on per-point logits: the student's point branch trains with every term on."""
+    config = distill_config(tiny_teacher(tmp_path), train__max_steps=2, model__point_branch=True)
+    trainer = Trainer(config, synth, tmp_path / "run", device="cpu")
+    head_before = [p.detach().clone() for p in trainer.model.point_head.parameters()]
+    trainer.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, trainer.model.point_head.parameters(), strict=True))
+    logged = {r["name"] for r in CsvLog.read(tmp_path / "run" / "log.csv")}
+    assert {"kd_logit_point", "kd_point_affinity"} <= logged
