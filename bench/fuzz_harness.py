@@ -13,7 +13,8 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from m2s_training.bag import use_loopback_dds
@@ -133,3 +134,19 @@ def verdict(checks: dict[str, bool], summary: dict, json_path: Path | None) -> i
     if json_path:
         json_path.write_text(json.dumps({**summary, "checks": checks}, indent=1) + "\n")
     return 0 if all(checks.values()) else 1
+
+
+@contextmanager
+def serving(workdir: Path, name: str, checkpoint: Path) -> Iterator[tuple[NodeProcess, Client, dict]]:
+    """A started node and its client; on exit both stop, and the dict says whether the node was
+    still alive at the end (``{"alive": bool}``)."""
+    node = start_node(workdir, name, checkpoint)
+    client = Client(name)
+    end: dict = {}
+    try:
+        client.wait_for_node(node)
+        yield node, client, end
+    finally:
+        client.close()
+        end["alive"] = node.alive()
+        node.stop()

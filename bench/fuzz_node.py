@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fuzz_harness import DEMO_WEIGHTS, Client, start_node, usage, valid_cloud, verdict
+from fuzz_harness import DEMO_WEIGHTS, Client, serving, usage, valid_cloud, verdict
 from sensor_msgs.msg import PointCloud2, PointField
 
 NAMES = ["x", "y", "z", "intensity", "i", "remission", "reflectivity", "ring", "time", "t", "label", "rgb", "",
@@ -169,25 +169,15 @@ def main() -> int:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        node = start_node(Path(tmp), "m2s_fuzz", args.checkpoint)
-        client = Client("m2s_fuzz")
         started = time.monotonic()
-        try:
-            client.wait_for_node(node)
+        with serving(Path(tmp), "m2s_fuzz", args.checkpoint) as (node, client, end):
             summary = fuzz(rng, args.messages, node, client)
-        finally:
-            client.close()
-            alive_at_end = node.alive()
-            node.stop()
-        summary["node_alive_at_end"] = alive_at_end
+        summary["node_alive_at_end"] = end["alive"]
         summary["seconds"] = round(time.monotonic() - started, 1)
         log = (Path(tmp) / "m2s_fuzz.log").read_text(errors="replace")
         summary["tracebacks_in_log"] = log.count("Traceback")
-        failures = {
-            line.split("segmentation failed: ", 1)[1][:200]
-            for line in log.splitlines()
-            if "segmentation failed: " in line
-        }
+        marker = "internal error, scan skipped: "  # what the node logs (throttled) for an internal error
+        failures = {line.split(marker, 1)[1][:200] for line in log.splitlines() if marker in line}
         summary["internal_error_messages"] = sorted(failures)
     return report(summary, args)
 

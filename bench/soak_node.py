@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fuzz_harness import DEMO_WEIGHTS, Client, start_node, usage, valid_cloud, verdict
+from fuzz_harness import DEMO_WEIGHTS, serving, usage, valid_cloud, verdict
 
 
 def main() -> int:
@@ -34,11 +34,8 @@ def main() -> int:
     samples: list[tuple[int, float, int]] = []
     unanswered = 0
     with tempfile.TemporaryDirectory() as tmp:
-        node = start_node(Path(tmp), "m2s_soak", args.checkpoint)
-        client = Client("m2s_soak")
         started = time.monotonic()
-        try:
-            client.wait_for_node(node)
+        with serving(Path(tmp), "m2s_soak", args.checkpoint) as (node, client, end):
             for k in range(1, args.scans + 1):
                 msg = clouds[k % len(clouds)]
                 msg.header.stamp.sec = k
@@ -49,10 +46,7 @@ def main() -> int:
                 if k >= args.warmup and (k - args.warmup) % args.every == 0:
                     samples.append((k, *usage(node)))
                     print(f"  scan {k:>6}: node RSS {samples[-1][1]:.1f} MB, {samples[-1][2]} threads", flush=True)
-        finally:
-            client.close()
-            alive = node.alive()
-            node.stop()
+        alive = end["alive"]
         seconds = time.monotonic() - started
     scans = np.array([s[0] for s in samples], float)
     rss = np.array([s[1] for s in samples])

@@ -71,7 +71,7 @@ class Segmenter:
         self.binning = PolarBinning(config) if fused else None
         if self.binning is None:
             if backend != "torch":
-                what = "point branch" if config.backbone == "polar" else f"{config.backbone!r} backbone"
+                what = "point branch" if config.backbone == "polar" else f"{config.backbone!r} backbone (spconv)"
                 raise ValueError(
                     f"backend {backend!r} needs a polar model without a point branch; this model's {what} "
                     "has no ONNX form: use backend 'torch'"

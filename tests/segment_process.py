@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import rclpy
@@ -121,3 +122,32 @@ class CloudClient:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+@contextmanager
+def serving(workdir: Path, name: str, parameters: dict) -> Iterator[tuple[SegmentProcess, CloudClient]]:
+    """A started node named ``name`` and a client on its ``/<name>/points`` → ``/<name>/labelled``; both
+    stopped on exit (the node with SIGTERM, as a launch system stops it)."""
+    node = SegmentProcess(workdir, name, parameters)
+    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
+    try:
+        client.wait_for_node(node)
+        yield node, client
+    finally:
+        client.close()
+        node.stop(signal.SIGTERM)
+
+
+def refused_start_log(workdir: Path, name: str, parameters: dict, timeout: float = 60.0) -> str:
+    """Start a node that must refuse to start: assert it exits with status 1 (no traceback) and return its log."""
+    node = SegmentProcess(workdir, name, parameters)
+    try:
+        code = node.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        node.stop(signal.SIGKILL)
+    log = node.log()
+    assert code == 1, f"exit status {code}; log:\n{log}"
+    assert "Traceback" not in log, log
+    return log

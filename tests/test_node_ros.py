@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tests.node_clouds import (
     node_parameters,
     ouster_like,
 )
-from tests.segment_process import CloudClient, SegmentProcess
+from tests.segment_process import CloudClient, SegmentProcess, refused_start_log, serving
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +37,8 @@ def tmp_dir(tmp_path_factory) -> Path:
 def running_node(checkpoint, tmp_dir):
     name = "m2s_segment_test"
     # Every warning logged (no throttle): the malformed-message test looks for each problem's text.
-    node = SegmentProcess(tmp_dir, name, node_parameters(checkpoint, name, warning_period_s=0.0))
-    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
-    try:
-        client.wait_for_node(node)
+    with serving(tmp_dir, name, node_parameters(checkpoint, name, warning_period_s=0.0)) as (node, client):
         yield node, client
-    finally:
-        client.close()
-        node.stop(signal.SIGTERM)
 
 
 @pytest.mark.ros
@@ -170,15 +163,7 @@ def test_stale_scans_are_dropped_not_queued(checkpoint, tmp_dir):
 )
 def test_node_refuses_to_start_with_a_clear_error(checkpoint, tmp_dir, override, message):
     name = f"m2s_segment_bad_{next(iter(override))}"
-    node = SegmentProcess(tmp_dir, name, {**node_parameters(checkpoint, name), **override})
-    try:
-        assert node.process.wait(60) == 1
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the node did not exit; log:\n{node.log()}")
-    finally:
-        node.stop(signal.SIGKILL)
-    assert message in node.log()
-    assert "Traceback" not in node.log()
+    assert message in refused_start_log(tmp_dir, name, {**node_parameters(checkpoint, name), **override})
 
 
 class _Payload:
@@ -207,15 +192,7 @@ def test_node_refuses_a_bad_checkpoint(tmp_dir, problem):
         torch.save(checkpoint, path)
         message = "refused: it holds pickled objects that weights_only loading does not allow"
     name = f"m2s_segment_bad_{problem}"
-    node = SegmentProcess(tmp_dir, name, node_parameters(path, name))
-    try:
-        assert node.process.wait(60) == 1, node.log()
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the node did not exit; log:\n{node.log()}")
-    finally:
-        node.stop(signal.SIGKILL)
-    assert message in node.log()
-    assert "Traceback" not in node.log()
+    assert message in refused_start_log(tmp_dir, name, node_parameters(path, name))
     assert not marker.exists()
 
 
@@ -223,10 +200,7 @@ def test_node_refuses_a_bad_checkpoint(tmp_dir, problem):
 def test_warnings_are_throttled_per_problem_kind_not_per_text(checkpoint, tmp_dir):
     """Senders control frame ids and field names: varying them must not multiply warnings."""
     name = "m2s_segment_throttle"
-    node = SegmentProcess(tmp_dir, name, node_parameters(checkpoint, name))
-    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
-    try:
-        client.wait_for_node(node)
+    with serving(tmp_dir, name, node_parameters(checkpoint, name)) as (node, client):
         status = f"{name}: segmentation"
         for k in range(6):
             msg = kitti_f32(lidar_points(100, seed=k), sec=500 + k)
@@ -238,9 +212,6 @@ def test_warnings_are_throttled_per_problem_kind_not_per_text(checkpoint, tmp_di
             ), node.log()
         warnings = [line for line in node.log().splitlines() if "missing field(s) 'z'" in line]
         assert len(warnings) == 1, "\n".join(warnings)
-    finally:
-        client.close()
-        node.stop(signal.SIGTERM)
 
 
 @pytest.mark.ros
@@ -319,21 +290,12 @@ def test_label_map_parameter_sets_the_classes_the_node_labels_with(tmp_dir):
     torch.manual_seed(0)
     save_checkpoint(path, build_model(config), config, class_names=["unlabeled", "car", "road"])
 
-    refused = SegmentProcess(tmp_dir, "m2s_segment_map_refused", node_parameters(path, "m2s_segment_map_refused"))
-    try:
-        assert refused.process.wait(60) == 1, refused.log()
-    finally:
-        refused.stop(signal.SIGKILL)
-    assert "the model predicts 3 classes but the label map has 20" in refused.log()
+    log = refused_start_log(tmp_dir, "m2s_segment_map_refused", node_parameters(path, "m2s_segment_map_refused"))
+    assert "the model predicts 3 classes but the label map has 20" in log
 
     name = "m2s_segment_map"
-    node = SegmentProcess(tmp_dir, name, node_parameters(path, name, label_map=str(label_map), label_format="raw"))
-    client = CloudClient(f"/{name}/points", f"/{name}/labelled")
-    try:
-        client.wait_for_node(node)
+    parameters = node_parameters(path, name, label_map=str(label_map), label_format="raw")
+    with serving(tmp_dir, name, parameters) as (_node, client):
         out = client.request(kitti_f32(lidar_points(400, seed=3), sec=700))
-        raw_labels = set(np.unique(read_fields(out, ["label"])["label"]).tolist())
-        assert raw_labels <= {0, 10, 40}, raw_labels  # the small map's raw ids: unlabeled, car, road
-    finally:
-        client.close()
-        node.stop(signal.SIGTERM)
+    raw_labels = set(np.unique(read_fields(out, ["label"])["label"]).tolist())
+    assert raw_labels <= {0, 10, 40}, raw_labels  # the small map's raw ids: unlabeled, car, road

@@ -64,17 +64,23 @@ class UNet2d(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return (bottleneck, last decoder map)."""
-        skips = []
-        for level, encoder in enumerate(self.encoders):
-            if level > 0:
-                x = F.max_pool2d(x, 2, ceil_mode=True)
-            x = encoder(x)
-            skips.append(x)
-        bottleneck = x
-        for decoder, skip in zip(self.decoders, reversed(skips[:-1]), strict=True):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = decoder(torch.cat([x, skip], dim=1))
-        return bottleneck, x
+        return run_unet(self.encoders, self.decoders, x)
+
+
+def run_unet(encoders: nn.ModuleList, decoders: nn.ModuleList, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(bottleneck, last decoder map): encoders with 2×2 ceil-mode pooling between levels, then
+    decoders that upsample and concatenate the skip of the same level (also the fused network's)."""
+    skips = []
+    for level, encoder in enumerate(encoders):
+        if level > 0:
+            x = F.max_pool2d(x, 2, ceil_mode=True)
+        x = encoder(x)
+        skips.append(x)
+    bottleneck = x
+    for decoder, skip in zip(decoders, reversed(skips[:-1]), strict=True):
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = decoder(torch.cat([x, skip], dim=1))
+    return bottleneck, x
 
 
 class PolarNet(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2s_perception.labels import IGNORE_ID
-from m2s_perception.models.polar import DoubleConv, PolarNet, UNet2d
+from m2s_perception.models.polar import DoubleConv, PolarNet, UNet2d, run_unet
 
 
 def fold_batchnorm(weight: Tensor, bias: Tensor | None, norm: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -121,16 +121,7 @@ class FusedUNet2d(nn.Module):
         self.decoders = nn.ModuleList(FusedDoubleConv(block) for block in unet.decoders)
 
     def forward(self, x: Tensor) -> Tensor:
-        skips = []
-        for level, encoder in enumerate(self.encoders):
-            if level > 0:
-                x = F.max_pool2d(x, 2, ceil_mode=True)
-            x = encoder(x)
-            skips.append(x)
-        for decoder, skip in zip(self.decoders, reversed(skips[:-1]), strict=True):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = decoder(torch.cat([x, skip], dim=1))
-        return x
+        return run_unet(self.encoders, self.decoders, x)[1]
 
 
 class FusedPolarNet(nn.Module):

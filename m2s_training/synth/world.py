@@ -60,7 +60,7 @@ class World:
 
 @dataclass(frozen=True)
 class RowKind:
-    name: str  # key of _BUILDERS, or "gap"
+    name: str  # key of OBJECT_BUILDERS, or "gap"
     probability: float
 
 
@@ -133,7 +133,7 @@ class _WorldBuilder:
             if name == "gap":
                 cursor += self.rng.uniform(*gap)
                 continue
-            parts = (builders or _BUILDERS)[name](self.rng)
+            parts = (builders or OBJECT_BUILDERS)[name](self.rng)
             length = max(_extent_x(parts), 0.3)
             if cursor + length > x1:
                 if from_queue:
@@ -172,7 +172,7 @@ def _moving(builder: Callable[..., list[Part]], name: str) -> ObjectBuilder:
     return lambda rng: builder(rng, f"moving-{name}")
 
 
-_BUILDERS: dict[str, ObjectBuilder] = {
+OBJECT_BUILDERS: dict[str, ObjectBuilder] = {
     "car": objects.car,
     "truck": objects.truck,
     "other-vehicle": objects.other_vehicle,

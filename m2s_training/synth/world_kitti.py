@@ -19,7 +19,7 @@ import numpy as np
 
 from m2s_training.synth import objects
 from m2s_training.synth.mesh import REFLECTIVITY, LabelledMesh, Part, raw_ids
-from m2s_training.synth.world import EGO_LANE_Y, RowKind, World, _WorldBuilder
+from m2s_training.synth.world import EGO_LANE_Y, OBJECT_BUILDERS, RowKind, World, _WorldBuilder
 
 Span = tuple[float, float]
 
@@ -89,18 +89,8 @@ def bush(rng: np.random.Generator) -> list[Part]:
     return [Part("sphere", (size * 1.3, size, size * 0.8), (0.0, 0.0, 0.35 * size), "vegetation")]
 
 
-_OBJECTS = {
-    "car": objects.car,
-    "truck": objects.truck,
-    "other-vehicle": objects.other_vehicle,
-    "bicycle": objects.bicycle,
-    "motorcycle": objects.motorcycle,
-    "person": objects.person,
-    "pole": objects.pole,
-    "traffic-sign": objects.traffic_sign,
-    "tree": tree,
-    "bush": bush,
-}
+# the street's builders, with KITTI's denser trees and bushes
+_OBJECTS = {**OBJECT_BUILDERS, "tree": tree, "bush": bush}
 
 
 class _KittiStreet:
