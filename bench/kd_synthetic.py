@@ -6,7 +6,10 @@ For each seed, with the same data, step budget and seed:
 - student: ``config/distill_polar_synthetic.yaml`` in ``student`` mode (half width, single scans);
 - distilled: the same config in ``distill`` mode with that seed's teacher (all six KD terms);
 - m2skd: ``config/m2skd_polar_synthetic.yaml``, the official M2SKD recipe: no separate teacher, the
-  student's own weights see the fused scan too (``m2s_training.m2skd``), same width and budget.
+  student's own weights see the fused scan too (``m2s_training.m2skd``), same width and budget;
+- pvkd teacher / pvkd: PVKD's terms only (point and voxel logit KD, inter-point and inter-voxel
+  affinity in difficulty-sampled supervoxels; no feature or instance term, no ramp, no class weights
+  on the KL) from a teacher with a point branch into a student with one (``model.point_branch``).
 
 Every final checkpoint (``last.pt``: fixed budget, no model selection on the evaluation scans) is
 scored on the validation sequence through ``m2s_training.evaluate.evaluate`` (single-scan input,
@@ -57,7 +60,9 @@ TEACHER_CONFIG = CONFIGS / "teacher_polar_synthetic.yaml"
 STUDENT_CONFIG = CONFIGS / "distill_polar_synthetic.yaml"
 M2SKD_CONFIG = CONFIGS / "m2skd_polar_synthetic.yaml"
 TRAIN_SEQUENCES, VAL_SEQUENCE = ["00", "01"], "08"
-MODELS = ("teacher", "student", "distilled", "m2skd")
+MODELS = ("teacher", "student", "distilled", "m2skd", "pvkd teacher", "pvkd")
+PVKD = {"model.point_branch": True, "distill.feature": 0.0, "distill.instance_affinity": 0.0}
+PVKD |= {"distill.ramp_steps": 0, "distill.class_weighted_logits": False}
 
 
 def parse_args() -> argparse.Namespace:
@@ -175,8 +180,15 @@ def run(args: argparse.Namespace) -> dict:
         )
         m2skd_config = bench_config(M2SKD_CONFIG, args, seed, args.steps, args.student_width)
         trained["m2skd"] = train(m2skd_config, data, runs / "m2skd", "m2skd", args.device)
+        pvkd_teacher = override(teacher_config, {"model.point_branch": True})
+        trained["pvkd teacher"] = train(pvkd_teacher, data, runs / "pvkd_teacher", "teacher", args.device)
+        trained["pvkd"] = train(
+            override(student_config, PVKD), data, runs / "pvkd", "distill", args.device,
+            trained["pvkd teacher"]["checkpoint"],
+        )  # fmt: skip
         for name, info in trained.items():
-            metrics = evaluate(info["checkpoint"], data, "val", runs / name / "eval", args.device)
+            eval_dir = runs / name.replace(" ", "_") / "eval"
+            metrics = evaluate(info["checkpoint"], data, "val", eval_dir, args.device)
             results[name][seed] = {**summarise(metrics), "train_minutes": info["minutes"]}
         fuser = MultiScanFuser(**vars(teacher_config.fusion))
         fused = evaluate_fused(trained["teacher"]["checkpoint"], data, fuser, args.device)
