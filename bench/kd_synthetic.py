@@ -9,7 +9,8 @@ For each seed, with the same data, step budget and seed:
   student's own weights see the fused scan too (``m2s_training.m2skd``), same width and budget;
 - pvkd teacher / pvkd: PVKD's terms only (point and voxel logit KD, inter-point and inter-voxel
   affinity in difficulty-sampled supervoxels; no feature or instance term, no ramp, no class weights
-  on the KL) from a teacher with a point branch into a student with one (``model.point_branch``).
+  on the KL) from a teacher with a point branch into a student with one (``model.point_branch``);
+  "student pb" is that student trained alone, so the branch's own gain is not credited to the KD.
 
 Every final checkpoint (``last.pt``: fixed budget, no model selection on the evaluation scans) is
 scored on the validation sequence through ``m2s_training.evaluate.evaluate`` (single-scan input,
@@ -60,7 +61,7 @@ TEACHER_CONFIG = CONFIGS / "teacher_polar_synthetic.yaml"
 STUDENT_CONFIG = CONFIGS / "distill_polar_synthetic.yaml"
 M2SKD_CONFIG = CONFIGS / "m2skd_polar_synthetic.yaml"
 TRAIN_SEQUENCES, VAL_SEQUENCE = ["00", "01"], "08"
-MODELS = ("teacher", "student", "distilled", "m2skd", "pvkd teacher", "pvkd")
+MODELS = ("teacher", "student", "distilled", "m2skd", "pvkd teacher", "student pb", "pvkd")
 PVKD = {"model.point_branch": True, "distill.feature": 0.0, "distill.instance_affinity": 0.0}
 PVKD |= {"distill.ramp_steps": 0, "distill.class_weighted_logits": False}
 
@@ -182,6 +183,9 @@ def run(args: argparse.Namespace) -> dict:
         trained["m2skd"] = train(m2skd_config, data, runs / "m2skd", "m2skd", args.device)
         pvkd_teacher = override(teacher_config, {"model.point_branch": True})
         trained["pvkd teacher"] = train(pvkd_teacher, data, runs / "pvkd_teacher", "teacher", args.device)
+        # the point branch alone, no distillation: what the branch itself is worth to the student
+        student_pb = override(student_config, {"model.point_branch": True})
+        trained["student pb"] = train(student_pb, data, runs / "student_pb", "student", args.device)
         trained["pvkd"] = train(
             override(student_config, PVKD), data, runs / "pvkd", "distill", args.device,
             trained["pvkd teacher"]["checkpoint"],

@@ -53,8 +53,6 @@ def fused_network(model: torch.nn.Module, config: ModelConfig, pooling: str = "e
             f"the {config.backbone!r} backbone cannot be exported: its sparse 3D convolutions (spconv) have "
             "no ONNX form. Only polar checkpoints export; run this one with backend 'torch'."
         )
-    if config.point_branch:
-        raise ExportError("a polar model with point_branch: true does not export yet; run it with backend 'torch'")
     return FusedPolarNet(model.eval(), pooling).cpu().eval()
 
 

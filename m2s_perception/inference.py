@@ -66,15 +66,12 @@ class Segmenter:
         self.model = model.eval() if model is not None else None
         if backend == "torch" and num_threads:
             torch.set_num_threads(num_threads)
-        # the fused network and the engines cover the polar backbone without its point branch
-        fused = config.backbone == "polar" and not config.point_branch
-        self.binning = PolarBinning(config) if fused else None
+        self.binning = PolarBinning(config) if config.backbone == "polar" else None
         if self.binning is None:
             if backend != "torch":
-                what = "point branch" if config.backbone == "polar" else f"{config.backbone!r} backbone (spconv)"
                 raise ValueError(
-                    f"backend {backend!r} needs a polar model without a point branch; this model's {what} "
-                    "has no ONNX form: use backend 'torch'"
+                    f"backend {backend!r} needs a polar model; the {config.backbone!r} backbone "
+                    "(spconv sparse convolutions) has no ONNX form: use backend 'torch'"
                 )
             self.model.to(self.device)
             self.engine = None

@@ -1,9 +1,12 @@
-"""The polar point branch (PVKD): per-point logits of their own, trained, served, refused where not covered."""
+"""The polar point branch (PVKD): per-point logits of their own, trained, and served by every engine."""
 
+import copy
+import importlib.util
+
+import numpy as np
 import pytest
 import torch
 
-from m2s_perception.export import ExportError, export_onnx
 from m2s_perception.inference import Segmenter
 from m2s_perception.models import ModelConfig, build_model
 
@@ -47,12 +50,24 @@ def test_the_branch_learns_from_point_labels_and_the_segmenter_serves_it():
     model.eval()
     assert model(points, batch_index, 1).point_logits.argmax(1).tolist() == labels.tolist()
 
-    segmenter = Segmenter(model, config, "cpu")  # the training network itself: no fused form yet
-    assert segmenter.predict(points.numpy()).labels.tolist() == labels.tolist()
-    with pytest.raises(ValueError, match="without a point branch"):
-        Segmenter(model, config, "cpu", backend="openvino")
-    with pytest.raises(ExportError, match="point_branch"):
-        export_onnx(model, config)
+    # the fused network (torch backend) and the exported ONNX model compute the branch too
+    for backend in ("torch", "onnxruntime", "openvino"):
+        if backend != "torch" and importlib.util.find_spec(backend) is None:
+            continue
+        segmenter = Segmenter(copy.deepcopy(model), config, "cpu", backend=backend)
+        assert segmenter.predict(points.numpy()).labels.tolist() == labels.tolist(), backend
+
+
+def test_fused_network_computes_the_branch_like_the_training_network():
+    torch.manual_seed(1)
+    config = ModelConfig(**SMALL, point_branch=True)
+    model = build_model(config).eval()
+    cloud = torch.cat([torch.randn(3000, 3) * torch.tensor([8.0, 8.0, 0.8]), torch.rand(3000, 1)], dim=1)
+    with torch.no_grad():
+        reference = model(cloud, torch.zeros(len(cloud), dtype=torch.long), 1).point_logits
+    segmenter = Segmenter(model, config, "cpu")
+    fused = segmenter.engine.run(segmenter.binning(cloud.numpy()))
+    np.testing.assert_allclose(fused.point_logits, reference.numpy(), atol=1e-4)
 
 
 def test_point_branch_is_polar_only():

@@ -132,10 +132,6 @@ class FusedPolarNet(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if model.config.point_branch:
-            raise ValueError(
-                "the fused inference network has no point branch (point_branch: true): use backend 'torch'"
-            )
         self.pool = MaxIntoRows if pooling == "rows" else MaxIntoElements
         model = model.eval()
         self.grid_size = model.config.grid_size
@@ -145,6 +141,10 @@ class FusedPolarNet(nn.Module):
             self.compress = _copy_linear(model.compress[0])
             self.unet = FusedUNet2d(model.unet)
             self.head = _copy_linear(model.head)  # (H * classes) outputs per cell
+            self.point_head = None
+            if model.point_head is not None:  # Linear → ReLU → Linear, no norms to fold
+                first, _, last = model.point_head
+                self.point_head = nn.ModuleList([_copy_linear(first), _copy_linear(last)])
         self.requires_grad_(False)
 
     def forward(
@@ -168,6 +168,9 @@ class FusedPolarNet(nn.Module):
         decoded_at_cells = decoded.view(decoded.shape[1], rho_bins * phi_bins).index_select(1, cells)  # (C, U)
         cell_logits = self.head(decoded_at_cells.t())  # (U, H * classes)
         point_logits = cell_logits.view(-1, self.head.out_features // self.height_bins).index_select(0, point_voxel)
+        if self.point_head is not None:  # each point's own correction, from its features and its cell's
+            own = torch.cat([x, decoded_at_cells.t().index_select(0, point_cell)], dim=1)
+            point_logits = point_logits + self.point_head[1](F.relu(self.point_head[0](own)))
         labels = point_logits[:, IGNORE_ID + 1 :].argmax(dim=1, keepdim=True) + (IGNORE_ID + 1)
         confidence = torch.softmax(point_logits, dim=1).gather(1, labels)
         return labels.squeeze(1), confidence.squeeze(1), point_logits
