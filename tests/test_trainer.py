@@ -178,21 +178,25 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(value, b_state[name]), name
 
 
-def test_distill_resume_continues_exactly(synth, tmp_path):
-    config = dataclasses.replace(distill_config(tiny_teacher(tmp_path), train__max_steps=6), augment=AugmentConfig())
+def straight_and_resumed(config: TrainConfig, synth: Path, tmp_path: Path, stop_at: int) -> tuple[Trainer, Trainer]:
+    """One uninterrupted run, and one stopped at ``stop_at`` then resumed (in ``tmp_path / "interrupted"``)."""
     straight = Trainer(config, synth, tmp_path / "straight", device="cpu")
     straight.fit()
-    assert straight.train_set[3].is_fused.any() and straight.extra_params  # fused input, trained adapters
-
-    interrupted = tmp_path / "interrupted"
-    Trainer(config, synth, interrupted, device="cpu").fit(stop_at_step=3)
+    Trainer(config, synth, tmp_path / "interrupted", device="cpu").fit(stop_at_step=stop_at)
     torch.manual_seed(12345)  # whatever the global RNG holds when a run resumes, the run continues the same
-    resumed = Trainer(config, synth, interrupted, device="cpu", resume=True)
+    resumed = Trainer(config, synth, tmp_path / "interrupted", device="cpu", resume=True)
     resumed.fit()
-    assert resumed.step == straight.step == 6
+    assert resumed.step == straight.step == config.train.max_steps
     assert_same_weights(resumed.model, straight.model)
+    return straight, resumed
+
+
+def test_distill_resume_continues_exactly(synth, tmp_path):
+    config = dataclasses.replace(distill_config(tiny_teacher(tmp_path), train__max_steps=6), augment=AugmentConfig())
+    straight, resumed = straight_and_resumed(config, synth, tmp_path, stop_at=3)
+    assert straight.train_set[3].is_fused.any() and straight.extra_params  # fused input, trained adapters
     assert_same_weights(resumed.extra_loss.adapters, straight.extra_loss.adapters)
-    logged = {r["name"] for r in CsvLog.read(interrupted / "log.csv")}
+    logged = {r["name"] for r in CsvLog.read(tmp_path / "interrupted" / "log.csv")}
     assert {"kd_instance_affinity", "kd_point_affinity", "kd_voxel_affinity"} <= logged
 
 
@@ -314,14 +318,7 @@ def test_m2skd_mode_trains_one_network_on_both_views(synth, tmp_path):
 
 def test_m2skd_resume_continues_exactly(synth, tmp_path):
     config = dataclasses.replace(m2skd_config(train__max_steps=4), augment=AugmentConfig())
-    straight = Trainer(config, synth, tmp_path / "straight", device="cpu")
-    straight.fit()
-    interrupted = tmp_path / "interrupted"
-    Trainer(config, synth, interrupted, device="cpu").fit(stop_at_step=2)
-    resumed = Trainer(config, synth, interrupted, device="cpu", resume=True)
-    resumed.fit()
-    assert resumed.step == straight.step == 4
-    assert_same_weights(resumed.model, straight.model)
+    straight_and_resumed(config, synth, tmp_path, stop_at=2)
 
 
 def test_distill_into_a_student_with_a_point_branch(synth, tmp_path):
