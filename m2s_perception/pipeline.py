@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import dataclasses
-import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,27 +222,14 @@ def load_segmenter(
     num_threads: int = 0,
     label_map: LabelMap | None = None,
 ) -> Any:
-    """``Segmenter.from_checkpoint``; ``backend``/``num_threads`` are passed only when set, so the node
-    also runs with an inference module that predates them (then num_threads sets torch's threads)."""
+    """``Segmenter.from_checkpoint`` with the node's parameters; a clear error for CUDA on a machine without it."""
     import torch
 
     from m2s_perception.inference import Segmenter
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available (use device: auto or cpu)")
-    accepted = inspect.signature(Segmenter.from_checkpoint).parameters
-    options: dict[str, Any] = {}
-    if backend != "torch":
-        if "backend" not in accepted:
-            raise ValueError(f"backend {backend!r}: this m2s_perception.inference supports only 'torch'")
-        options["backend"] = backend
-    if num_threads and "num_threads" in accepted:
-        options["num_threads"] = num_threads
-    elif num_threads:
-        torch.set_num_threads(num_threads)
-    if label_map is not None and "label_map" in accepted:
-        options["label_map"] = label_map
-    return Segmenter.from_checkpoint(checkpoint, device=device, fp16=PRECISIONS[precision], **options)
+    return Segmenter.from_checkpoint(checkpoint, device, PRECISIONS[precision], backend, num_threads or None, label_map)
 
 
 def point_records(msg: Any) -> np.ndarray:

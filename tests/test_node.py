@@ -251,7 +251,7 @@ def test_load_segmenter_backend_and_threads(checkpoint):
         wanted = 3 if threads != 3 else 2
         segmenter = load_segmenter(checkpoint, "cpu", "fp32", num_threads=wanted)
         assert segmenter.predict(np.ones((5, 4), np.float32)).labels.shape == (5,)
-        assert torch.get_num_threads() == wanted  # set by the inference backend, or by the node's fallback
+        assert torch.get_num_threads() == wanted  # set by the torch backend
     finally:
         torch.set_num_threads(threads)
 
