@@ -62,6 +62,12 @@ class TorchBackend:
         )
 
 
+def onnx_inputs(scan: BinnedScan) -> dict[str, np.ndarray]:
+    """The exported model's inputs by name (``m2s_perception.export`` names them so)."""
+    names = ("features", "point_cell", "point_voxel", "cells")
+    return {name: getattr(scan, name) for name in names}
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -114,12 +120,7 @@ class OnnxRuntimeBackend:
         self.version = ort.__version__
 
     def run(self, scan: BinnedScan, logits: bool = True) -> EngineOutput:
-        feeds = {
-            "features": scan.features,
-            "point_cell": scan.point_cell,
-            "point_voxel": scan.point_voxel,
-            "cells": scan.cells,
-        }
+        feeds = onnx_inputs(scan)
         names = ["labels", "confidence"] + (["point_logits"] if logits else [])
         return EngineOutput(*self.session.run(names, feeds))
 
@@ -149,12 +150,7 @@ class OpenVinoBackend:
         self.version = ov.__version__
 
     def run(self, scan: BinnedScan, logits: bool = True) -> EngineOutput:
-        feeds = {
-            "features": scan.features,
-            "point_cell": scan.point_cell,
-            "point_voxel": scan.point_voxel,
-            "cells": scan.cells,
-        }
+        feeds = onnx_inputs(scan)
         self.request.infer(feeds)
         result = self.request.results
         # Copies: the request's output tensors are reused by the next inference.
