@@ -1,4 +1,4 @@
-"""The polar point branch (PVKD): per-point logits of their own, trained, and served by every engine."""
+"""The point branch (PVKD), both backbones: per-point logits of their own, trained, and served by every engine."""
 
 import copy
 import importlib.util
@@ -11,6 +11,8 @@ from m2s_perception.inference import Segmenter
 from m2s_perception.models import ModelConfig, build_model
 
 SMALL = dict(grid_size=(8, 8, 2), rho_range=(0.0, 20.0), point_channels=(8, 16), base_channels=8, levels=2)
+HAVE_SPCONV = importlib.util.find_spec("spconv") is not None
+BACKBONES = ["polar", pytest.param("cylinder", marks=pytest.mark.skipif(not HAVE_SPCONV, reason="needs spconv"))]
 
 
 def two_points_per_voxel() -> torch.Tensor:
@@ -21,12 +23,14 @@ def two_points_per_voxel() -> torch.Tensor:
     return torch.stack([first, second], dim=1).reshape(-1, 4)
 
 
-def test_points_of_one_voxel_get_their_own_logits_only_with_the_branch():
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_points_of_one_voxel_get_their_own_logits_only_with_the_branch(backbone):
     points = two_points_per_voxel()
     batch_index = torch.zeros(len(points), dtype=torch.long)
     for branch in (False, True):
         torch.manual_seed(0)
-        output = build_model(ModelConfig(**SMALL, point_branch=branch)).eval()(points, batch_index, 1)
+        config = ModelConfig(**SMALL, backbone=backbone, point_branch=branch)
+        output = build_model(config).eval()(points, batch_index, 1)
         assert output.point_to_voxel[0::2].tolist() == output.point_to_voxel[1::2].tolist()  # same voxels
         differ = (output.point_logits[0::2] - output.point_logits[1::2]).abs().amax(dim=1)
         assert bool((differ > 1e-6).all()) == branch, (branch, differ)
@@ -34,9 +38,10 @@ def test_points_of_one_voxel_get_their_own_logits_only_with_the_branch():
         assert output.voxel_logits.shape == (3, 20)
 
 
-def test_the_branch_learns_from_point_labels_and_the_segmenter_serves_it():
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_the_branch_learns_from_point_labels_and_the_segmenter_serves_it(backbone):
     torch.manual_seed(0)
-    config = ModelConfig(**SMALL, point_branch=True)
+    config = ModelConfig(**SMALL, backbone=backbone, point_branch=True)
     model = build_model(config)
     points = two_points_per_voxel()
     batch_index = torch.zeros(len(points), dtype=torch.long)
@@ -50,8 +55,9 @@ def test_the_branch_learns_from_point_labels_and_the_segmenter_serves_it():
     model.eval()
     assert model(points, batch_index, 1).point_logits.argmax(1).tolist() == labels.tolist()
 
-    # the fused network (torch backend) and the exported ONNX model compute the branch too
-    for backend in ("torch", "onnxruntime", "openvino"):
+    # polar: the fused network (torch backend) and the exported ONNX model compute the branch too;
+    # cylinder: the Segmenter runs the training network (spconv has no ONNX form)
+    for backend in ("torch", "onnxruntime", "openvino") if backbone == "polar" else ("torch",):
         if backend != "torch" and importlib.util.find_spec(backend) is None:
             continue
         segmenter = Segmenter(copy.deepcopy(model), config, "cpu", backend=backend)
@@ -70,7 +76,6 @@ def test_fused_network_computes_the_branch_like_the_training_network():
     np.testing.assert_allclose(fused.point_logits, reference.numpy(), atol=1e-4)
 
 
-def test_point_branch_is_polar_only():
-    with pytest.raises(ValueError, match="polar backbone only"):
-        ModelConfig(backbone="cylinder", point_branch=True)
-    assert ModelConfig().point_branch is False  # old checkpoints load as before
+def test_old_checkpoints_have_no_branch():
+    assert ModelConfig().point_branch is False  # configs without the key load as before
+    assert build_model(ModelConfig(**SMALL)).point_head is None

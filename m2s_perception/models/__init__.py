@@ -34,8 +34,8 @@ class ModelConfig:
     base_channels: int = 32  # first grid-network level at width 1.0; doubles per level
     levels: int = 4  # resolution levels of the U-Net (polar) / sparse encoder (cylinder)
     circular_phi: bool = True  # polar: pad the phi axis circularly (the grid wraps at ±π)
-    # polar: a point branch (PVKD): per-point logits from each point's own features and its voxel's
-    # decoder feature, added to the voxel logits. Off: every point copies its voxel's logits.
+    # A point branch (PVKD), both backbones: per-point logits from each point's own features and its
+    # voxel's decoder feature, added to the voxel logits. Off: every point copies its voxel's logits.
     point_branch: bool = False
 
     def __post_init__(self) -> None:
@@ -55,8 +55,6 @@ class ModelConfig:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {(low, high)}")
         if self.rho_range[0] < 0:
             raise ValueError(f"rho_range must start at or above 0 m, got {self.rho_range}")
-        if self.point_branch and self.backbone != "polar":
-            raise ValueError(f"point_branch is implemented for the polar backbone only, not {self.backbone!r}")
         if self.num_classes < 2 or self.levels < 1 or not self.point_channels:
             raise ValueError("num_classes >= 2, levels >= 1 and at least one point channel are required")
 
@@ -99,6 +97,15 @@ class ModelOutput:
         return cls(voxel_logits[point_to_voxel], voxel_logits, voxel_coords, point_to_voxel, point_features)
 
 
+def point_head(config: ModelConfig, in_channels: int) -> nn.Module | None:
+    """The point branch's MLP (``config.point_branch``): [point MLP feature, voxel decoder feature] →
+    a per-point correction of the voxel's logits; None without the branch."""
+    if not config.point_branch:
+        return None
+    hidden = config.channels(64)
+    return nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, config.num_classes))
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     if config.backbone == "polar":
         from m2s_perception.models.polar import PolarNet
@@ -111,4 +118,4 @@ def build_model(config: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown backbone {config.backbone!r}; expected one of {', '.join(BACKBONES)}")
 
 
-__all__ = ["BACKBONES", "ModelConfig", "ModelOutput", "build_model"]
+__all__ = ["BACKBONES", "ModelConfig", "ModelOutput", "build_model", "point_head"]

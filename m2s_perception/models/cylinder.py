@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from m2s_perception.models import ModelConfig, ModelOutput
+from m2s_perception.models import ModelConfig, ModelOutput, point_head
 from m2s_perception.models.grid import (
     POINT_FEATURES,
     CylindricalGrid,
@@ -129,7 +129,8 @@ class Cylinder3D(nn.Module):
         self.head = spconv.SubMConv3d(channels[0], config.num_classes, 3, padding=1, bias=False, indice_key="subm0_333")
         # Kept outside the conv: spconv's CPU inference path cannot fuse a bias into the conv.
         self.head_bias = nn.Parameter(torch.zeros(config.num_classes))
-        self.spconv = spconv
+        self.sparse_tensor = spconv.SparseConvTensor  # a class, not the module: models stay deep-copyable
+        self.point_head = point_head(config, self.point_encoder.out_channels + channels[0])
 
     def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
         rho_bins, phi_bins, height_bins = self.config.grid_size
@@ -141,21 +142,21 @@ class Cylinder3D(nn.Module):
 
         point_features = self.point_encoder(location.features)
         voxel_features = self.compress(segment_max(point_features, point_to_voxel, len(voxels)))
-        x = self.spconv.SparseConvTensor(
+        x = self.sparse_tensor(
             voxel_features, voxel_coords.int(), [rho_bins, phi_bins, height_bins], batch_size
         )
         with _single_thread_on_cpu(points.device):
             bottleneck, x, voxel_logits = self._sparse_unet(x)
-        return ModelOutput.from_voxels(
-            voxel_logits,
-            voxel_coords,
-            point_to_voxel,
-            {
-                "point_mlp": point_features,
-                "sparse_encoder": _coarse_features(bottleneck, voxel_coords, len(self.downs))[point_to_voxel],
-                "sparse_decoder": x.features[point_to_voxel],
-            },
-        )
+        features = {
+            "point_mlp": point_features,
+            "sparse_encoder": _coarse_features(bottleneck, voxel_coords, len(self.downs))[point_to_voxel],
+            "sparse_decoder": x.features[point_to_voxel],
+        }
+        if self.point_head is None:
+            return ModelOutput.from_voxels(voxel_logits, voxel_coords, point_to_voxel, features)
+        correction = self.point_head(torch.cat([point_features, features["sparse_decoder"]], dim=1))
+        point_logits = voxel_logits[point_to_voxel] + correction
+        return ModelOutput(point_logits, voxel_logits, voxel_coords, point_to_voxel, features)
 
     def _sparse_unet(self, x):
         """Return the bottleneck, the last decoder level and the voxel logits."""

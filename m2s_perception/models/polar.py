@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m2s_perception.models import ModelConfig, ModelOutput
+from m2s_perception.models import ModelConfig, ModelOutput, point_head
 from m2s_perception.models.grid import (
     POINT_FEATURES,
     CylindricalGrid,
@@ -100,14 +100,7 @@ class PolarNet(nn.Module):
         self.unet = UNet2d(bev_channels, bev_channels, config.levels, config.circular_phi)
         self.height_bins = config.grid_size[2]
         self.head = nn.Linear(self.unet.out_channels, config.num_classes * self.height_bins)
-        self.point_head = None
-        if config.point_branch:  # a correction per point on top of its voxel's logits
-            hidden = config.channels(64)
-            self.point_head = nn.Sequential(
-                nn.Linear(self.point_encoder.out_channels + self.unet.out_channels, hidden),
-                nn.ReLU(inplace=True),
-                nn.Linear(hidden, config.num_classes),
-            )
+        self.point_head = point_head(config, self.point_encoder.out_channels + self.unet.out_channels)
 
     def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
         rho_bins, phi_bins, height_bins = self.config.grid_size
