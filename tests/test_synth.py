@@ -237,3 +237,59 @@ def test_ray_drop_loses_grazing_and_far_returns_and_leaves_let_beams_in():
     deep = SensorConfig(**{**base.__dict__, "vegetation_depth": 0.5})
     points = Lidar(deep, leaves).scan(pose, None, np.random.default_rng(0)).points
     assert np.mean(points[:, 2] < -0.02) > 0.8  # returns come from inside the foliage, below its surface
+
+
+def _facing_wall(semantic: str, height: float, reflectivity_scale: float = 1.0):
+    """A 40 m wide, 0.3 m thick wall 8 m in front of a sensor 1.73 m above the ground (z = 0)."""
+    from m2s_training.synth.mesh import LabelledMesh, Part
+
+    wall = Part("box", (0.3, 40.0, height), (8.15, 0.0, height / 2), semantic)
+    pose = np.eye(4)
+    pose[2, 3] = 1.73
+    return LabelledMesh.from_parts([wall], 1, reflectivity_scale), pose
+
+
+def test_car_glass_loses_returns_above_the_body_only():
+    from m2s_training.synth.sensor import CAR_WINDOW_Z, Lidar, SensorConfig
+
+    side, pose = _facing_wall("car", 1.6)
+    base = SensorConfig(beams=64, azimuth_steps=720, dropout=0.0, range_noise=0.0, max_range=80.0)
+
+    def heights(config):
+        points = Lidar(config, side).scan(pose, None, np.random.default_rng(0)).points
+        return points[:, 2] + 1.73, points[:, 3]
+
+    plain, _ = heights(base)
+    glass, remission = heights(SensorConfig(**{**base.__dict__, "car_glass_drop": 0.7}))
+    below = lambda z: np.sum(z < CAR_WINDOW_Z - 0.02)  # noqa: E731
+    above = lambda z: np.sum(z > CAR_WINDOW_Z + 0.02)  # noqa: E731
+    assert below(glass) == below(plain) > 100  # the body is untouched
+    assert above(plain) > 100 and 0.2 < above(glass) / above(plain) < 0.4  # 30 % of the glass returns
+    # what comes back through the glass is dark: remission × 0.3 of the body's
+    assert np.median(remission[glass > CAR_WINDOW_Z + 0.02]) < 0.5 * np.median(remission[glass < CAR_WINDOW_Z])
+
+
+def test_building_windows_make_holes_and_returns_from_the_rooms():
+    from m2s_training.synth.sensor import Lidar, SensorConfig
+
+    base = SensorConfig(beams=64, azimuth_steps=720, dropout=0.0, range_noise=0.0, max_range=80.0)
+    # a reflectivity scale per building picks its pane grid; 0.9 gives one with windows
+    facade, pose = _facing_wall("building", 10.0, reflectivity_scale=0.9)
+
+    def depths(drop):
+        config = SensorConfig(**{**base.__dict__, "window_glass_drop": drop})
+        return Lidar(config, facade).scan(pose, None, np.random.default_rng(0)).points[:, :3]
+
+    plain, half, full = (depths(drop)[:, 0] for drop in (0.0, 0.5, 1.0))
+    assert np.all(np.abs(plain - 8.0) < 0.01)  # windows off: a solid facade
+    assert np.all(np.abs(full - 8.0) < 0.01)  # every pane return lost: the facade with holes in it
+    panes = 1.0 - len(full) / len(plain)  # panes 45 % of the width, 1.4 of every 3 m: ~20 % of the wall
+    assert 0.1 < panes < 0.35
+    rooms = half > 8.05  # half the pane returns come back from the rooms…
+    assert 0.35 < rooms.sum() / (len(plain) - len(full)) < 0.65
+    assert np.sum(~rooms) == len(full)  # …and the facade between the panes is untouched
+    # …from 0.2–3 m behind the glass, along the beam: range beyond the facade's 8 m · range / x
+    xyz = depths(0.5)[rooms]
+    distance = np.linalg.norm(xyz, axis=1)
+    behind = distance - 8.0 * distance / xyz[:, 0]
+    assert behind.min() > 0.19 and behind.max() < 3.01

@@ -45,6 +45,8 @@ PRESETS = {
             dark_drop=0.02,
             far_drop=0.3,
             vegetation_depth=0.25,
+            car_glass_drop=0.7,
+            window_glass_drop=0.5,
             max_range=80.0,
         ),
         scans=100,

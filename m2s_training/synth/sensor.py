@@ -36,6 +36,11 @@ class SensorConfig:
     dark_drop: float = 0.0  # returns with remission below this are lost with probability 0.5
     far_drop: float = 0.0  # extra loss probability reached at max_range, growing with range²
     vegetation_depth: float = 0.0  # metres (mean): beams enter leaves before they return
+    # Glass. Car windows (the cabin's sides above ``CAR_WINDOW_Z``): this share of returns is lost,
+    # the rest come back dark. Building windows (a per-building grid of panes on the facades): this
+    # share of the pane hits is lost, the rest return from the room behind (0.2–3 m deeper), dark.
+    car_glass_drop: float = 0.0
+    window_glass_drop: float = 0.0
 
     def __post_init__(self):
         if self.beams < 1 or self.azimuth_steps < 1:
@@ -58,6 +63,9 @@ class Scan:
 
 
 _VEGETATION_IDS = np.array([raw_ids()["vegetation"]], np.uint16)
+_CAR_IDS = np.array([raw_ids()["car"], raw_ids()["moving-car"]], np.uint16)
+_BUILDING_IDS = np.array([raw_ids()["building"]], np.uint16)
+CAR_WINDOW_Z = 1.05  # metres above the road: car bodies end at 0.95–1.1 m (objects.car, scale 0.8–1.2)
 
 
 class _MeshScene:
@@ -118,6 +126,13 @@ class Lidar:
             remission = reflectivity[keep] * (0.3 + 0.7 * cos_incidence) * np.exp(-measured[keep] / 250.0)
         remission = np.clip(remission + rng.normal(0.0, cfg.remission_noise, len(remission)), 0.0, 1.0)
         lost = np.zeros(len(remission), bool)
+        if cfg.car_glass_drop > 0 or cfg.window_glass_drop > 0:
+            hit_world = origins[keep] + world_dirs[keep] * t_hit[keep, None]
+            glass, deeper = glass_returns(cfg, semantic[keep], normal[keep], hit_world, reflectivity[keep], rng)
+            lost |= glass & (rng.random(len(lost)) < np.where(deeper > 0, cfg.window_glass_drop, cfg.car_glass_drop))
+            remission[glass] *= 0.3  # tinted glass, a room's dark interior
+            kept_index = np.flatnonzero(keep)
+            measured[kept_index] += deeper
         if cfg.grazing_drop > 0:  # little light comes back from surfaces hit edge-on
             lost |= rng.random(len(lost)) < np.clip(1.0 - cos_incidence / cfg.grazing_drop, 0.0, 1.0)
         if cfg.dark_drop > 0:  # dark surfaces fall below the detection threshold
@@ -129,6 +144,46 @@ class Lidar:
         xyz = self.directions[keep] * measured[keep, None]
         points = np.hstack([xyz, remission[:, None]]).astype(np.float32)
         return Scan(points, semantic[keep], instance[keep])
+
+
+def glass_returns(
+    cfg: SensorConfig,
+    semantic: np.ndarray,
+    normal: np.ndarray,
+    hit_world: np.ndarray,
+    reflectivity: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which returns hit glass, and how much deeper a pane's surviving return comes back (metres).
+
+    Real KITTI scans hold few points on car windows and show facades with holes and points inside
+    the rooms; a box-shaped synthetic car or house is solid everywhere. Windows are only on vertical
+    faces (|normal z| small). A building's pane grid (spacing 2.5–4.5 m, floors every 3 m, 25 % of
+    the buildings without windows) comes from its own reflectivity scale, a number drawn per
+    building, so neighbours differ and a building keeps its grid from scan to scan.
+    """
+    vertical = np.abs(normal[:, 2]) < 0.3
+    car = vertical & np.isin(semantic, _CAR_IDS) & (hit_world[:, 2] > CAR_WINDOW_Z)
+    if cfg.car_glass_drop == 0:
+        car[:] = False
+    deeper = np.zeros(len(semantic), np.float32)
+    pane = np.zeros(len(semantic), bool)
+    if cfg.window_glass_drop > 0:
+        building = vertical & np.isin(semantic, _BUILDING_IDS)
+        draw = _hash01(reflectivity, 2654435761)  # fixed per building
+        spacing = 2.5 + 2.0 * _hash01(reflectivity, 40503)
+        along = (hit_world[:, 0] + hit_world[:, 1]) / spacing + draw  # x on one facade, y on the other
+        floor = hit_world[:, 2] % 3.0
+        pane = building & (draw > 0.25) & ((along % 1.0) < 0.45) & (floor > 0.9) & (floor < 2.3)
+        pane &= hit_world[:, 2] > 0.5
+        deeper[pane] = rng.uniform(0.2, 3.0, int(pane.sum()))
+    return car | pane, deeper
+
+
+def _hash01(values: np.ndarray, multiplier: int) -> np.ndarray:
+    """A fixed pseudo-random number in [0, 1) per float32 value (multiplicative hash of its bits)."""
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits * np.uint64(multiplier)) % np.uint64(1 << 32)).astype(np.float64) / float(1 << 32)
 
 
 def beam_directions(config: SensorConfig) -> np.ndarray:

@@ -89,6 +89,21 @@ def bush(rng: np.random.Generator) -> list[Part]:
     return [Part("sphere", (size * 1.3, size, size * 0.8), (0.0, 0.0, 0.35 * size), "vegetation")]
 
 
+def hedge(x: Span, y: float, ground: float, rng: np.random.Generator) -> LabelledMesh:
+    """A hedge along x: overlapping clipped blobs of varying height and depth, not a flat-sided box
+    (a real hedge's outline is ragged, and beams enter it: ``SensorConfig.vegetation_depth``)."""
+    height, thick = rng.uniform(0.8, 2.5), rng.uniform(0.6, 1.5)
+    parts, cursor = [], x[0]
+    while cursor < x[1]:
+        length = min(rng.uniform(0.8, 2.0), x[1] - cursor + 0.3)
+        h = height * rng.uniform(0.8, 1.15)
+        t = thick * rng.uniform(0.8, 1.2)
+        centre = (cursor + length / 2, y + np.sign(y) * (t / 2 + rng.normal(0.0, 0.08)), ground + h / 2)
+        parts.append(Part("sphere", (length * 1.4, t, h * 1.15), centre, "vegetation"))
+        cursor += length * 0.8
+    return LabelledMesh.from_parts(parts, 0)
+
+
 # the street's builders, with KITTI's denser trees and bushes
 _OBJECTS = {**OBJECT_BUILDERS, "tree": tree, "bush": bush}
 
@@ -177,10 +192,14 @@ class _KittiStreet:
             span = (cursor, min(cursor + length, x1_all))
             cursor = span[1]
             yard = rng.choice([0.0, rng.uniform(1.5, 5.0), rng.uniform(5.0, 10.0)], p=[0.3, 0.5, 0.2])
+            # An open plot (a park, a field, a garden without a house): grass with trees and bushes far
+            # back, buildings, if any, behind it. Real scans see 20–40 m of vegetation and terrain
+            # through such gaps, where a wall of facades would hide them.
+            open_depth = rng.uniform(15.0, 35.0) if yard > 0 and rng.random() < 0.3 else 0.0
+            slope = rng.uniform(-0.02, 0.04)
             for x0, x1 in _subtract(span, holes):
                 if yard > 0:
-                    slope = rng.uniform(-0.02, 0.04)
-                    far = y + yard + 25.0  # grass also shows between and behind the buildings
+                    far = y + yard + open_depth + 25.0  # grass also shows between and behind the buildings
                     w.static.append(heightfield((x0, x1), (side * y, side * far), kerb - 0.02, 0.08, slope, rng))
                 else:
                     w.ground(
@@ -192,11 +211,7 @@ class _KittiStreet:
             boundary = rng.choice(["hedge", "fence", "none"], p=[0.45, 0.3, 0.25]) if yard > 0 else "none"
             for x0, x1 in _subtract(span, holes):
                 if boundary == "hedge":
-                    height, thick = rng.uniform(0.8, 2.5), rng.uniform(0.6, 1.5)
-                    centre = ((x0 + x1) / 2, side * (y + 0.5 + thick / 2), kerb + height / 2)
-                    w.static.append(
-                        LabelledMesh.from_parts([Part("box", (x1 - x0, thick, height), centre, "vegetation")], 0)
-                    )
+                    w.static.append(hedge((x0, x1), side * (y + 0.5), kerb, rng))
                 elif boundary == "fence":
                     height = rng.uniform(0.8, 2.0)
                     centre = ((x0 + x1) / 2, side * (y + 0.3), kerb + height / 2)
@@ -204,7 +219,16 @@ class _KittiStreet:
             if yard > 1.5:
                 green = [RowKind("tree", 0.45), RowKind("bush", 0.35), RowKind("gap", 0.2)]
                 self.objects_row(green, (1.0, 8.0), span, side * (y + yard * 0.5), kerb, 0.0, holes, yard * 0.3)
-            self.buildings(side, y + yard + rng.uniform(0.0, 3.0), span, holes)
+            if open_depth > 0:
+                for row in range(int(open_depth // 6)):
+                    green = [RowKind("tree", 0.35), RowKind("bush", 0.35), RowKind("gap", 0.3)]
+                    offset = yard + 3.0 + 6.0 * row
+                    ground = kerb - 0.02 + slope * offset  # on the heightfield's slope
+                    self.objects_row(green, (2.0, 10.0), span, side * (y + offset), ground, 0.0, holes, 2.5)
+                if rng.random() < 0.5:
+                    self.buildings(side, y + yard + open_depth, span, holes)
+            else:
+                self.buildings(side, y + yard + rng.uniform(0.0, 3.0), span, holes)
 
     def buildings(self, side: float, front: float, span: Span, holes: list[Span]) -> None:
         w, rng = self.w, self.rng
@@ -228,7 +252,7 @@ class _KittiStreet:
                         )
                     )
                 w.static.append(LabelledMesh.from_parts(parts, 0, rng.uniform(0.7, 1.3)))
-                cursor += width + rng.choice([0.0, rng.uniform(2.0, 10.0)])
+                cursor += width + rng.choice([0.0, rng.uniform(2.0, 10.0), rng.uniform(10.0, 25.0)], p=[0.4, 0.4, 0.2])
 
     def traffic(self, half: dict[float, float], x_range: Span, window: Span) -> None:
         """Oncoming vehicles, vehicles ahead in the ego lane (faster, never caught up), walkers, cyclists."""
