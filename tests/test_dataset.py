@@ -175,6 +175,19 @@ def test_tilt_and_height_shift_move_the_cloud_rigidly():
     np.testing.assert_array_equal(moved[:, 3], points[:, 3])  # no remission settings: remission untouched
 
 
+def test_ground_warp_bends_a_flat_road_smoothly_and_leaves_the_sensor_where_it_is():
+    road = np.zeros((2001, 4), np.float32)
+    road[:, 0] = np.linspace(-50.0, 50.0, 2001)  # a flat line of road through the sensor, 5 cm apart
+    road[1000, 0] = 0.0
+    bent = augment(road, AugmentConfig(**PLAIN, ground_warp=0.2), np.random.default_rng(4))
+    z = bent[:, 2].astype(np.float64)
+    assert abs(z[1000]) < 1e-6  # zero at the sensor: the mount height stays as drawn
+    assert 0.05 < np.abs(z).max() <= 4 * 0.2  # two waves of at most 0.2 m each (peak to peak 4 × 0.2)
+    # smooth: a 60-m wave of 0.2 m slopes by at most 2π·0.2/15 per metre, so 5 cm steps rise < 1.1 cm
+    assert np.abs(np.diff(z)).max() < 2 * 2 * np.pi * 0.2 / 15.0 * 0.05 + 1e-6
+    np.testing.assert_array_equal(bent[:, :2], road[:, :2])  # only the height changes
+
+
 def test_remission_gain_and_noise_keep_zero_returns_zero_and_stay_in_range():
     points = _cloud()
     config = AugmentConfig(**PLAIN, remission_scale=(1.5, 1.5), remission_noise=0.0)

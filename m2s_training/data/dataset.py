@@ -42,6 +42,9 @@ class AugmentConfig:
     remission_scale: tuple[float, float] = (1.0, 1.0)  # one gain per scan (another sensor's calibration)
     remission_noise: float = 0.0  # per-point Gaussian noise on remission
     mix_prob: float = 0.0  # probability to paste an azimuth sector of another scan (PolarMix-like)
+    # metres: bend the scene by two smooth height waves (wavelengths 15–60 m, random directions), as
+    # real roads rise, fall and are cambered where synthetic ground is flat
+    ground_warp: float = 0.0
 
 
 @dataclass
@@ -125,6 +128,8 @@ def augment(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator)
         rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
         ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
         xyz = xyz @ (ry @ rx).T
+    if config.ground_warp > 0:
+        xyz[:, 2] += height_waves(xyz[:, :2], config.ground_warp, rng)
     if config.z_shift_std > 0:
         xyz[:, 2] += rng.normal(0.0, config.z_shift_std)
     if config.jitter_std > 0:
@@ -136,6 +141,18 @@ def augment(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator)
         remission += rng.normal(0.0, config.remission_noise, len(remission)) * (remission > 0)  # zeros stay 0
         out[:, 3] = np.clip(remission, 0.0, 1.0)
     return out
+
+
+def height_waves(xy: np.ndarray, amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """Two plane waves of height, each up to ``amplitude`` metres, 15–60 m long, in random
+    directions; zero at the sensor, so the mount height stays as drawn (``z_shift_std``)."""
+    dz = np.zeros(len(xy))
+    for _ in range(2):
+        direction = rng.uniform(0.0, 2.0 * np.pi)
+        along = xy @ np.array([np.cos(direction), np.sin(direction)])
+        wavelength, phase = rng.uniform(15.0, 60.0), rng.uniform(0.0, 2.0 * np.pi)
+        dz += rng.uniform(-amplitude, amplitude) * (np.sin(2 * np.pi * along / wavelength + phase) - np.sin(phase))
+    return dz
 
 
 def dropout_mask(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
