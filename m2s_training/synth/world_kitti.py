@@ -79,14 +79,13 @@ def _crown(rng: np.random.Generator, height: float, size: float) -> list[Part]:
 
 
 def tree(rng: np.random.Generator) -> list[Part]:
-    # crowns from 1.2 m up: young trees and conifers reach down into the LiDAR's view (+2° at most)
-    radius, height, size = rng.uniform(0.1, 0.3), rng.uniform(1.2, 3.5), rng.uniform(3.0, 7.0)
+    radius, height, size = rng.uniform(0.1, 0.3), rng.uniform(1.8, 3.5), rng.uniform(3.0, 7.0)
     trunk = Part("cylinder", (2 * radius, 2 * radius, height + 1.0), (0.0, 0.0, (height + 1.0) / 2), "trunk")
     return [trunk, *_crown(rng, height, size)]
 
 
 def bush(rng: np.random.Generator) -> list[Part]:
-    size = rng.uniform(0.8, 3.0)
+    size = rng.uniform(0.8, 2.5)
     return [Part("sphere", (size * 1.3, size, size * 0.8), (0.0, 0.0, 0.35 * size), "vegetation")]
 
 
@@ -163,7 +162,7 @@ class _KittiStreet:
             car_y = None
         parked = [RowKind("car", 0.7), RowKind("gap", 0.22), RowKind("truck", 0.03), RowKind("other-vehicle", 0.05)]
         heading = 0.0 if side < 0 else np.pi
-        if car_y is not None and rng.random() < 0.6:
+        if car_y is not None and rng.random() < 0.85:
             self.objects_row(parked, (0.5, rng.uniform(2.0, 12.0)), x_range, side * car_y, 0.0, heading, holes, 0.2)
         kerb = rng.uniform(0.08, 0.18)
         if rng.random() < 0.3:  # grass verge with street trees between road and sidewalk
@@ -209,8 +208,7 @@ class _KittiStreet:
                         (side * y, side * (y + 30)),
                         kerb,
                     )
-            # hedges far more often than fences: real scans hold 22 % vegetation and 0.3 % fence
-            boundary = rng.choice(["hedge", "fence", "none"], p=[0.6, 0.15, 0.25]) if yard > 0 else "none"
+            boundary = rng.choice(["hedge", "fence", "none"], p=[0.45, 0.3, 0.25]) if yard > 0 else "none"
             for x0, x1 in _subtract(span, holes):
                 if boundary == "hedge":
                     w.static.append(hedge((x0, x1), side * (y + 0.5), kerb, rng))
@@ -223,18 +221,14 @@ class _KittiStreet:
                 self.objects_row(green, (1.0, 8.0), span, side * (y + yard * 0.5), kerb, 0.0, holes, yard * 0.3)
             if open_depth > 0:
                 for row in range(int(open_depth // 6)):
-                    green = [RowKind("tree", 0.3), RowKind("bush", 0.5), RowKind("gap", 0.2)]
+                    green = [RowKind("tree", 0.35), RowKind("bush", 0.35), RowKind("gap", 0.3)]
                     offset = yard + 3.0 + 6.0 * row
                     ground = kerb - 0.02 + slope * offset  # on the heightfield's slope
                     self.objects_row(green, (2.0, 10.0), span, side * (y + offset), ground, 0.0, holes, 2.5)
                 if rng.random() < 0.5:
                     self.buildings(side, y + yard + open_depth, span, holes)
             else:
-                front = y + yard + rng.uniform(0.0, 3.0)
-                if yard > 1.5 and rng.random() < 0.6:  # shrubs along the facade hide the lower storey
-                    shrubs = [RowKind("bush", 0.7), RowKind("gap", 0.3)]
-                    self.objects_row(shrubs, (0.3, 3.0), span, side * (front - 0.6), kerb, 0.0, holes, 0.3)
-                self.buildings(side, front, span, holes)
+                self.buildings(side, y + yard + rng.uniform(0.0, 3.0), span, holes)
 
     def buildings(self, side: float, front: float, span: Span, holes: list[Span]) -> None:
         w, rng = self.w, self.rng
