@@ -142,9 +142,7 @@ class Cylinder3D(nn.Module):
 
         point_features = self.point_encoder(location.features)
         voxel_features = self.compress(segment_max(point_features, point_to_voxel, len(voxels)))
-        x = self.sparse_tensor(
-            voxel_features, voxel_coords.int(), [rho_bins, phi_bins, height_bins], batch_size
-        )
+        x = self.sparse_tensor(voxel_features, voxel_coords.int(), [rho_bins, phi_bins, height_bins], batch_size)
         with _single_thread_on_cpu(points.device):
             bottleneck, x, voxel_logits = self._sparse_unet(x)
         features = {
