@@ -128,11 +128,10 @@ class Lidar:
         lost = np.zeros(len(remission), bool)
         if cfg.car_glass_drop > 0 or cfg.window_glass_drop > 0:
             hit_world = origins[keep] + world_dirs[keep] * t_hit[keep, None]
-            glass, deeper = glass_returns(cfg, semantic[keep], normal[keep], hit_world, reflectivity[keep], rng)
-            lost |= glass & (rng.random(len(lost)) < np.where(deeper > 0, cfg.window_glass_drop, cfg.car_glass_drop))
-            remission[glass] *= 0.3  # tinted glass, a room's dark interior
-            kept_index = np.flatnonzero(keep)
-            measured[kept_index] += deeper
+            drop, deeper = glass_returns(cfg, semantic[keep], normal[keep], hit_world, reflectivity[keep], rng)
+            lost |= rng.random(len(lost)) < drop
+            remission[drop > 0] *= 0.3  # tinted glass, a room's dark interior
+            measured[keep] += deeper
         if cfg.grazing_drop > 0:  # little light comes back from surfaces hit edge-on
             lost |= rng.random(len(lost)) < np.clip(1.0 - cos_incidence / cfg.grazing_drop, 0.0, 1.0)
         if cfg.dark_drop > 0:  # dark surfaces fall below the detection threshold
@@ -154,7 +153,8 @@ def glass_returns(
     reflectivity: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which returns hit glass, and how much deeper a pane's surviving return comes back (metres).
+    """Per return: the probability that glass loses it (0 where there is no glass), and how much
+    deeper a pane's surviving return comes back (metres).
 
     Real KITTI scans hold few points on car windows and show facades with holes and points inside
     the rooms; a box-shaped synthetic car or house is solid everywhere. Windows are only on vertical
@@ -163,11 +163,11 @@ def glass_returns(
     building, so neighbours differ and a building keeps its grid from scan to scan.
     """
     vertical = np.abs(normal[:, 2]) < 0.3
-    car = vertical & np.isin(semantic, _CAR_IDS) & (hit_world[:, 2] > CAR_WINDOW_Z)
-    if cfg.car_glass_drop == 0:
-        car[:] = False
+    drop = np.zeros(len(semantic))
     deeper = np.zeros(len(semantic), np.float32)
-    pane = np.zeros(len(semantic), bool)
+    if cfg.car_glass_drop > 0:
+        car = vertical & np.isin(semantic, _CAR_IDS) & (hit_world[:, 2] > CAR_WINDOW_Z)
+        drop[car] = cfg.car_glass_drop
     if cfg.window_glass_drop > 0:
         building = vertical & np.isin(semantic, _BUILDING_IDS)
         draw = _hash01(reflectivity, 2654435761)  # fixed per building
@@ -176,8 +176,9 @@ def glass_returns(
         floor = hit_world[:, 2] % 3.0
         pane = building & (draw > 0.25) & ((along % 1.0) < 0.45) & (floor > 0.9) & (floor < 2.3)
         pane &= hit_world[:, 2] > 0.5
+        drop[pane] = cfg.window_glass_drop
         deeper[pane] = rng.uniform(0.2, 3.0, int(pane.sum()))
-    return car | pane, deeper
+    return drop, deeper
 
 
 def _hash01(values: np.ndarray, multiplier: int) -> np.ndarray:
