@@ -75,7 +75,9 @@ class LoopConfig:
     # student | teacher (needs fusion) | distill (needs teacher) | m2skd (needs fusion: official M2SKD,
     # one shared-weight network seeing the scan and the fused scan, see m2s_training.m2skd)
     mode: str = "student"
-    teacher: str | None = None  # teacher checkpoint (distill mode)
+    # teacher checkpoint (distill mode); a list: an ensemble, its class probabilities averaged
+    # (logit terms only: the teachers share no feature space)
+    teacher: str | tuple[str, ...] | None = None
     epochs: int = 10
     max_steps: int | None = None  # optimisation steps in total; None = epochs × steps per epoch
     val_every: int = 0  # steps between validations; 0 = after every epoch
@@ -87,6 +89,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if isinstance(self.teacher, tuple) and len(self.teacher) == 1:
+            self.teacher = self.teacher[0]
         for name in ("epochs", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -307,7 +311,11 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     """Teacher and label map as absolute paths: the run's config.yaml works from any directory."""
     paths = {"train.teacher": config.train.teacher, "label_map": config.label_map}
-    absolute = {key: str(Path(value).resolve()) for key, value in paths.items() if value is not None}
+    absolute = {
+        key: [str(Path(v).resolve()) for v in value] if isinstance(value, tuple) else str(Path(value).resolve())
+        for key, value in paths.items()
+        if value is not None
+    }
     return override(config, absolute) if absolute else config
 
 

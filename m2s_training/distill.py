@@ -327,23 +327,71 @@ def check_same_grid(teacher: ModelConfig, student: ModelConfig) -> None:
             )
 
 
+class TeacherEnsemble(nn.Module):
+    """Frozen teachers of one grid as one teacher: their class probabilities averaged, returned as
+    log-probabilities (a softmax of them gives the mean back); voxels and point features are the
+    first teacher's. An ensemble of students trained with different seeds labels real scans better
+    than each of them (docs/benchmarks.md, "Sim-to-real"); distilling it gives one network."""
+
+    def __init__(self, teachers: list[nn.Module]):
+        super().__init__()
+        if not teachers:
+            raise ValueError("an ensemble needs at least one teacher")
+        self.teachers = nn.ModuleList(teachers)
+
+    def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
+        outputs = [teacher(points, batch_index, batch_size) for teacher in self.teachers]
+        first = outputs[0]
+        if any(not torch.equal(o.voxel_coords, first.voxel_coords) for o in outputs[1:]):
+            raise ValueError("the ensemble's teachers voxelise the scan differently; they need one grid")
+
+        def mean_log_probability(name: str) -> Tensor:
+            probabilities = torch.stack([getattr(o, name).float().softmax(dim=1) for o in outputs])
+            return probabilities.mean(dim=0).clamp_min(1e-8).log()
+
+        return ModelOutput(
+            mean_log_probability("point_logits"),
+            mean_log_probability("voxel_logits"),
+            first.voxel_coords,
+            first.point_to_voxel,
+            first.point_features,
+        )
+
+
 def build_distiller(
     config: DistillConfig | None,
-    teacher_ckpt: str | Path,
+    teacher_ckpt: str | Path | tuple[str | Path, ...],
     student_config: ModelConfig,
     device: str | torch.device = "auto",
     class_weights: Tensor | None = None,
     label_map: LabelMap | None = None,
     seed: int = 0,
 ) -> Distiller:
-    """The trainer's ``extra_loss`` for ``m2s-train --mode distill --teacher CKPT`` (None: default config)."""
-    teacher, teacher_config, _ = load_model(teacher_ckpt, device)
-    check_same_grid(teacher_config, student_config)
+    """The trainer's ``extra_loss`` for ``m2s-train --mode distill --teacher CKPT`` (None: default config);
+    several checkpoints make a :class:`TeacherEnsemble`, which only the logit terms may use."""
+    config = config or DistillConfig()
+    paths = list(teacher_ckpt) if isinstance(teacher_ckpt, (list, tuple)) else [teacher_ckpt]
+    teachers = []
+    for path in paths:
+        model, teacher_config, _ = load_model(path, device)
+        check_same_grid(teacher_config, student_config)
+        teachers.append(model)
+    if len(teachers) == 1:
+        teacher = teachers[0]
+    else:
+        feature_terms = {"feature": config.feature, "instance_affinity": config.instance_affinity}
+        feature_terms |= {"point_affinity": config.point_affinity, "voxel_affinity": config.voxel_affinity}
+        used = [f"distill.{name}" for name, weight in feature_terms.items() if weight > 0]
+        if used:
+            raise ValueError(
+                f"an ensemble of {len(teachers)} teachers has no single feature space: set {', '.join(used)} to 0"
+            )
+        teacher = TeacherEnsemble(teachers)
     device = next(teacher.parameters()).device
     probe_student = build_model(student_config).to(device)
     distiller = Distiller(
         teacher,
-        config or DistillConfig(),
+        config,
         feature_widths(probe_student, device),
         feature_widths(teacher, device),
         label_map=label_map,

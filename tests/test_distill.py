@@ -383,3 +383,49 @@ def test_teacher_then_distill_through_the_trainer_on_synthetic_data(tmp_path):
     assert set(LOSS_NAMES) <= logged
     for key, value in trainer.extra_loss.teacher.state_dict().items():
         torch.testing.assert_close(value.cpu(), before[key], rtol=0, atol=0)
+
+
+class _FixedLogits(nn.Module):
+    """A teacher stand-in whose every point and voxel gets the same class probabilities."""
+
+    def __init__(self, probabilities: list[float]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(probabilities).log())
+
+    def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
+        n = len(points)
+        logits = self.weight.expand(n, -1)
+        coords = torch.stack([batch_index, torch.arange(n), batch_index, batch_index], 1)
+        return ModelOutput(logits, logits, coords, torch.arange(n), {"f": points})
+
+
+def test_teacher_ensemble_averages_class_probabilities_by_hand():
+    from m2s_training.distill import TeacherEnsemble
+
+    ensemble = TeacherEnsemble([_FixedLogits([0.8, 0.2, 0.0 + 1e-12]), _FixedLogits([0.4, 0.2, 0.4])])
+    out = ensemble(torch.zeros(5, 4), torch.zeros(5, dtype=torch.long), 1)
+    # (0.8 + 0.4) / 2, (0.2 + 0.2) / 2, (0 + 0.4) / 2
+    torch.testing.assert_close(out.point_logits.softmax(1), torch.tensor([[0.6, 0.2, 0.2]]).expand(5, -1))
+    torch.testing.assert_close(out.voxel_logits.softmax(1), torch.tensor([[0.6, 0.2, 0.2]]).expand(5, -1))
+
+
+def test_ensemble_of_checkpoints_distils_logits_only(tmp_path):
+    config = ModelConfig(**TINY)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_checkpoint(tmp_path / f"t{seed}.pt", build_model(config), config)
+    teachers = (tmp_path / "t0.pt", tmp_path / "t1.pt")
+    with pytest.raises(ValueError, match=r"no single feature space: set distill\.feature, distill\.instance_affinity"):
+        build_distiller(DistillConfig(), teachers, config, device="cpu")
+    logit_only = DistillConfig(feature=0.0, instance_affinity=0.0)
+    distiller = build_distiller(logit_only, teachers, config, device="cpu")
+    points = torch.rand(300, 4) * torch.tensor([30.0, 30.0, 2.0, 1.0]) - torch.tensor([15.0, 15.0, 1.0, 0.0])
+    index = torch.zeros(300, dtype=torch.long)
+    single = [build_distiller(logit_only, t, config, device="cpu").teacher for t in teachers]
+    with torch.no_grad():
+        mean = sum(t(points, index, 1).point_logits.softmax(1) for t in single) / 2
+        torch.testing.assert_close(distiller.teacher(points, index, 1).point_logits.softmax(1), mean)
+    # one path in a list is a single teacher
+    from m2s_training.config import LoopConfig
+
+    assert LoopConfig(mode="distill", teacher=("a.pt",)).teacher == "a.pt"
