@@ -1,9 +1,11 @@
 """Statistics of real SemanticKITTI scans that calibrate ``m2s-synth --preset kitti``.
 
 Calibration statistics only (the scans are never trained on): per-class point share, remission,
-height and range per class, the beam elevation table (peaks of atan2(z, range))
-and the azimuth step. Prints a table and writes ``docs/real_calibration.png``. With ``--compare``
-it also reads a synthetic sequence and prints/plots the same statistics side by side.
+height and range per class, the beam elevation table (peaks of atan2(z, range)), the azimuth step
+and the surface texture: the range step between azimuth neighbours of one class, relative to the
+range, per range band (range noise, grazing-incidence spread, leaves). Prints a table and writes
+``docs/real_calibration.png``. With ``--compare`` it also reads a synthetic sequence and
+prints/plots the same statistics side by side.
 
     .venv/bin/python bench/calibrate_real.py --real /work/shared/real/semantickitti \\
         [--compare runs/synth_kitti --compare-sequence 00 --compare-scans 3] [--plot docs/real_calibration.png]
@@ -60,10 +62,37 @@ def statistics(scans: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     stats["elevation"] = elevation[rho > 5.0]
     first = scans[0][0]
     az = np.degrees(np.arctan2(first[:, 1], first[:, 0]))
-    steps = np.diff(az)
+    steps = np.abs(np.diff(az))  # KITTI stores azimuth rising, m2s-synth falling
     stats["azimuth_step"] = float(np.median(steps[(steps > 0) & (steps < 1)]))
     stats["points"], stats["labels"], stats["rho"] = points, labels, rho
+    stats["texture"] = texture(scans)
     return stats
+
+
+TEXTURE_BANDS = ((5.0, 15.0), (15.0, 30.0), (30.0, 60.0))
+
+
+def texture(scans: list[tuple[np.ndarray, np.ndarray]]) -> dict[tuple[str, float], np.ndarray]:
+    """|range step| / range between consecutive points of one class less than 0.5° apart in azimuth
+    (KITTI and m2s-synth both store a scan ring by ring, in azimuth order), p50 and p90 per band."""
+    label_map = load_label_map()
+    steps: dict[tuple[str, float], list[np.ndarray]] = {}
+    for points, labels in scans:
+        distance = np.linalg.norm(points[:, :3], axis=1)
+        azimuth = np.arctan2(points[:, 1], points[:, 0])
+        step = np.abs(np.diff(distance)) / distance[1:]
+        neighbours = (labels[1:] == labels[:-1]) & (np.abs(np.diff(azimuth)) < np.radians(0.5))
+        for name in CLASSES:
+            of_class = neighbours & (labels[1:] == label_map.class_names.index(name))
+            for lo, hi in TEXTURE_BANDS:
+                band = of_class & (distance[1:] >= lo) & (distance[1:] < hi)
+                steps.setdefault((name, lo), []).append(step[band])
+    out = {}
+    for key, parts in steps.items():
+        values = np.concatenate(parts)
+        if len(values) >= 200:
+            out[key] = np.percentile(values, [50, 90])
+    return out
 
 
 def report(title: str, stats: dict) -> None:
@@ -79,6 +108,16 @@ def report(title: str, stats: dict) -> None:
             f"{name:<11} {c['share']:6.3f}  {np.array2string(c['remission'], precision=2):<20} "
             f"{np.array2string(c['z'], precision=2):<20} {np.array2string(c['range'], precision=1)}"
         )
+    print("texture: |range step| / range of azimuth neighbours, p50 / p90 in %, per range band")
+    for name in CLASSES:
+        cells = []
+        for lo, hi in TEXTURE_BANDS:
+            value = stats["texture"].get((name, lo))
+            cells.append(
+                f"{lo:.0f}-{hi:.0f} m "
+                + ("   —      " if value is None else f"{value[0] * 100:.2f}/{value[1] * 100:.2f}")
+            )
+        print(f"  {name:<11} " + "   ".join(cells))
 
 
 def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
