@@ -198,7 +198,7 @@ def test_kitti_preset_matches_the_real_scans_statistics():
     elevation = np.degrees(np.arctan2(scan.points[:, 2], np.hypot(scan.points[:, 0], scan.points[:, 1])))
     assert elevation.max() < 2.3 and elevation.min() > -25.0
     # the lower block is sparser than the upper one (1/2° against 1/3° between beams)
-    beams = np.unique(np.round(elevation[np.hypot(scan.points[:, 0], scan.points[:, 1]) > 20], 1))
+    beams = np.unique(np.round(elevation[np.hypot(scan.points[:, 0], scan.points[:, 1]) > 15], 1))
     assert len(beams) > 20
     names = LABELS.class_names
     present = {names[c] for c in np.unique(train)}
@@ -293,3 +293,103 @@ def test_building_windows_make_holes_and_returns_from_the_rooms():
     distance = np.linalg.norm(xyz, axis=1)
     behind = distance - 8.0 * distance / xyz[:, 0]
     assert behind.min() > 0.19 and behind.max() < 3.01
+
+
+def _flat(semantic: str):
+    from m2s_training.synth.mesh import LabelledMesh, Part
+
+    pose = np.eye(4)
+    pose[2, 3] = 1.73
+    return LabelledMesh.from_parts([Part("box", (200.0, 200.0, 0.2), (0.0, 0.0, -0.1), semantic)], 0), pose
+
+
+def test_surface_texture_spreads_grazing_returns_more_and_grass_most():
+    """Range error from texture is roughness / cos(incidence): on flat ground seen from 1.73 m,
+    cos = 1.73 / slant range, so at ~10 m slant the spread is 0.01 × 10 / 1.73 = 5.8 cm."""
+    from m2s_training.synth.sensor import Lidar, SensorConfig
+
+    base = SensorConfig(beams=64, azimuth_steps=720, dropout=0.0, range_noise=0.0, max_range=80.0)
+    rough = SensorConfig(**{**base.__dict__, "surface_roughness": 0.01, "grass_roughness": 0.03})
+
+    def errors(config, semantic):
+        ground, pose = _flat(semantic)
+        xyz = Lidar(config, ground).scan(pose, None, np.random.default_rng(0)).points[:, :3]
+        slant = np.linalg.norm(xyz, axis=1)
+        exact = 1.73 * slant / -xyz[:, 2]  # where the beam meets z = -1.73 in the sensor frame
+        return slant, slant - exact
+
+    slant, error = errors(base, "road")
+    assert np.abs(error).max() < 1e-3  # no texture: exact ranges
+    slant, error = errors(rough, "road")
+    near, far = (slant > 4.5) & (slant < 5.5), (slant > 9.0) & (slant < 11.0)
+    assert near.sum() > 500 and far.sum() > 500
+    assert 0.85 < error[near].std() / (0.01 * 5.0 / 1.73) < 1.15  # 2.9 cm
+    assert 0.85 < error[far].std() / (0.01 * 10.0 / 1.73) < 1.15  # 5.8 cm: twice as far, twice the spread
+    slant, error = errors(rough, "terrain")
+    far = (slant > 9.0) & (slant < 11.0)
+    assert 0.85 < error[far].std() / (0.03 * 10.0 / 1.73) < 1.15  # grass: its own roughness
+
+
+def test_foliage_scatter_grows_with_range_and_gaps_are_fixed_in_the_world():
+    """Leaf scatter: mean ``vegetation_depth`` × (range / 10 m)^1.5, so 0.1 m at 10 m and
+    0.1 × 2^1.5 = 0.283 m at 20 m. Gaps: a share 0.3 × range / 30 m of the returns (0.1 at 10 m,
+    0.3 at 30 m) come from deeper, three quarters of them the full ``vegetation_gap_depth``, and a
+    gap stays where it is when the sensor moves."""
+    from m2s_training.synth.sensor import Lidar, SensorConfig
+
+    base = dict(beams=64, azimuth_steps=720, dropout=0.0, range_noise=0.0, max_range=80.0)
+    leaves, pose = _flat("vegetation")
+
+    def depths(config, pose=pose):
+        xyz = Lidar(config, leaves).scan(pose, None, np.random.default_rng(0)).points[:, :3]
+        slant = np.linalg.norm(xyz, axis=1)
+        surface = 1.73 * slant / -xyz[:, 2]  # where the beam meets the leaves' top
+        return surface, slant - surface, xyz
+
+    surface, depth, _ = depths(SensorConfig(**base, vegetation_depth=0.1))
+    at10, at20 = (surface > 9.5) & (surface < 10.5), (surface > 19.0) & (surface < 21.0)
+    assert at10.sum() > 300 and at20.sum() > 300
+    assert 0.085 < depth[at10].mean() < 0.115 and 0.24 < depth[at20].mean() < 0.33
+    gaps = SensorConfig(**base, vegetation_gaps=0.3, vegetation_gap_depth=2.0)
+    surface, depth, xyz = depths(gaps)
+    near, far = (surface > 9.0) & (surface < 11.0), (surface > 27.0) & (surface < 33.0)
+    assert 0.06 < np.mean(depth[near] > 1e-3) < 0.14
+    assert 0.2 < np.mean(depth[far] > 1e-3) < 0.4
+    assert 0.6 < np.mean(depth[far] > 2.0 - 1e-3) / np.mean(depth[far] > 1e-3) < 0.9
+    # the same gaps from 0.5 m further along: where the ground is hit at the same spot, same depth
+    moved = pose.copy()
+    moved[0, 3] += 0.5
+    _, depth_moved, xyz_moved = depths(gaps, moved)
+    ground = lambda xyz, d, shift: np.round((xyz * (1.73 / -xyz[:, 2:3]))[:, :2] + [shift, 0.0], 1)  # noqa: E731
+    here = {tuple(g): v for g, v in zip(ground(xyz, depth, 0.0), depth, strict=True)}
+    pairs = [
+        (here[tuple(g)], v)
+        for g, v in zip(ground(xyz_moved, depth_moved, 0.5), depth_moved, strict=True)
+        if tuple(g) in here
+    ]
+    assert len(pairs) > 100
+    same = np.array(pairs)
+    assert np.mean(np.abs(same[:, 0] - same[:, 1]) < 0.3) > 0.9
+
+
+@pytest.mark.parametrize("kind, through", [("panel", (0.0, 0.0)), ("boards", (0.08, 0.65)), ("rails", (0.6, 1.0))])
+def test_fences_let_beams_through_to_the_yard_behind(kind, through):
+    """A 20 m fence 5 m to the left, a wall 9 m away behind it. Boards 7–15 cm wide with 3–12 cm
+    gaps pass 3/18 … 12/19 of the beams head-on, less at an angle (the boards are 2.5 cm deep) and
+    behind the posts; posts and rails pass most; a closed panel none."""
+    from m2s_training.synth.mesh import LabelledMesh, Part
+    from m2s_training.synth.sensor import Lidar, SensorConfig
+    from m2s_training.synth.world_kitti import fence
+
+    wall = LabelledMesh.from_parts([Part("box", (20.0, 0.2, 4.0), (0.0, 9.0, 2.0), "building")], 0)
+    for seed in range(3):
+        scene = LabelledMesh.concatenate([fence((-10.0, 10.0), 5.0, 0.0, np.random.default_rng(seed), kind), wall])
+        pose = np.eye(4)
+        pose[2, 3] = 0.5  # beams at fence height
+        config = SensorConfig(beams=8, azimuth_steps=7200, dropout=0.0, range_noise=0.0, max_range=80.0)
+        config = SensorConfig(**{**config.__dict__, "elevation_top_deg": 0.5, "elevation_bottom_deg": -0.5})
+        scan = Lidar(config, scene).scan(pose, None, np.random.default_rng(0))
+        ahead = (np.abs(scan.points[:, 0]) < 2.0) & (scan.points[:, 1] > 0)  # near the perpendicular
+        names = LABELS.to_train(scan.semantic[ahead])
+        passed = np.mean(names == LABELS.class_names.index("building"))
+        assert ahead.sum() > 100 and through[0] <= passed <= through[1], (kind, seed, passed)

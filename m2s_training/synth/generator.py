@@ -84,13 +84,17 @@ class SequenceSimulator:
         self._scan_seeds = seeds[1:]
         path_end = float(self.poses[-1, 0, 3])
         reach = preset.sensor.max_range + 10.0
-        build = build_kitti_world if preset.world == "kitti" else build_world
-        self.world: World = build(
-            np.random.default_rng(seeds[0]),
-            x_range=(-reach, path_end + reach),
-            window=(-5.0, path_end + 25.0),
-            duration=float(self.times[-1]) + 1.0,
+        layout = dict(
+            x_range=(-reach, path_end + reach), window=(-5.0, path_end + 25.0), duration=float(self.times[-1]) + 1.0
         )
+        if preset.world == "kitti":
+            self.world: World = build_kitti_world(
+                np.random.default_rng(seeds[0]), **layout, shaped=preset.shaped_roads, max_grade=preset.max_grade
+            )
+        else:
+            self.world = build_world(np.random.default_rng(seeds[0]), **layout)
+        if self.world.shape is not None:  # the street turns and climbs: the car follows it
+            self.poses = self.world.shape.apply_poses(self.poses)
         self.lidar = Lidar(preset.sensor, self.world.static)
 
     def __len__(self) -> int:

@@ -36,6 +36,15 @@ class SensorConfig:
     dark_drop: float = 0.0  # returns with remission below this are lost with probability 0.5
     far_drop: float = 0.0  # extra loss probability reached at max_range, growing with range²
     vegetation_depth: float = 0.0  # metres (mean): beams enter leaves before they return
+    # Foliage has gaps: this share of the leaf returns at 30 m (growing linearly with range, at most
+    # 0.5) comes from deep inside the crown, ``vegetation_gap_depth`` (mean) further on.
+    vegetation_gaps: float = 0.0
+    vegetation_gap_depth: float = 1.0
+    # Surface texture (metres, 1 sigma of the height of asphalt grain, grass blades, facade relief):
+    # seen at grazing incidence it spreads the range by roughness / cos(incidence). Grass (terrain)
+    # has its own, larger, value.
+    surface_roughness: float = 0.0
+    grass_roughness: float = 0.0
     # Glass. Car windows (the cabin's sides above ``CAR_WINDOW_Z``): this share of returns is lost,
     # the rest come back dark. Building windows (a per-building grid of panes on the facades): this
     # share of the pane hits is lost, the rest return from the room behind (0.2–3 m deeper), dark.
@@ -65,6 +74,7 @@ class Scan:
 _VEGETATION_IDS = np.array([raw_ids()["vegetation"]], np.uint16)
 _CAR_IDS = np.array([raw_ids()["car"], raw_ids()["moving-car"]], np.uint16)
 _BUILDING_IDS = np.array([raw_ids()["building"]], np.uint16)
+_TERRAIN_ID = raw_ids()["terrain"]
 CAR_WINDOW_Z = 1.05  # metres above the road: car bodies end at 0.95–1.1 m (objects.car, scale 0.8–1.2)
 
 
@@ -86,6 +96,7 @@ class Lidar:
         self.config = config
         self.directions = beam_directions(config)  # (R, 3) unit vectors in the sensor frame
         self._static = _MeshScene(static)
+        self._static_base = instance_base(static)
 
     def scan(self, pose: np.ndarray, moving: LabelledMesh | None, rng: np.random.Generator) -> Scan:
         """Cast every beam from ``pose`` (4x4 T_world_sensor); return noisy labelled points."""
@@ -102,6 +113,7 @@ class Lidar:
         hit = np.isfinite(t_hit)
         semantic[hit], instance[hit] = mesh_of_hit.semantic[triangle[hit]], mesh_of_hit.instance[triangle[hit]]
         reflectivity[hit] = mesh_of_hit.reflectivity[triangle[hit]]
+        base = self._static_base[instance]  # height of the hit object's lowest point (its wheels)
         if moving is not None:
             t_moving, tri_moving, normal_moving = _MeshScene(moving).cast(rays)
             nearer = t_moving < t_hit
@@ -109,15 +121,20 @@ class Lidar:
             tri = tri_moving[nearer]
             semantic[nearer], instance[nearer] = moving.semantic[tri], moving.instance[tri]
             reflectivity[nearer] = moving.reflectivity[tri]
+            base[nearer] = instance_base(moving)[instance[nearer]]
 
         measured = t_hit + rng.normal(0.0, cfg.range_noise, len(t_hit)).astype(np.float32)
-        if cfg.vegetation_depth > 0:
-            leaves = np.isin(semantic, _VEGETATION_IDS)
-            measured[leaves] += rng.exponential(cfg.vegetation_depth, int(leaves.sum())).astype(np.float32)
+        cos_all = np.abs(np.einsum("ij,ij->i", normal, world_dirs))
+        if cfg.surface_roughness > 0 or cfg.grass_roughness > 0:
+            measured += texture_spread(cfg, semantic, cos_all, rng)
+        if cfg.vegetation_depth > 0 or cfg.vegetation_gaps > 0:
+            leaves = np.flatnonzero(np.isin(semantic, _VEGETATION_IDS))
+            where = origins[leaves] + world_dirs[leaves] * t_hit[leaves, None]
+            measured[leaves] += foliage_depth(cfg, t_hit[leaves], where, rng)
         keep = np.isfinite(t_hit) & (measured >= cfg.min_range) & (measured <= cfg.max_range)
         keep &= rng.random(len(t_hit)) >= cfg.dropout
 
-        cos_incidence = np.abs(np.einsum("ij,ij->i", normal[keep], world_dirs[keep]))
+        cos_incidence = cos_all[keep]
         if cfg.materials == "kitti":
             remission = materials.kitti_remission(
                 semantic[keep], instance[keep], reflectivity[keep], cos_incidence, measured[keep], rng
@@ -128,7 +145,8 @@ class Lidar:
         lost = np.zeros(len(remission), bool)
         if cfg.car_glass_drop > 0 or cfg.window_glass_drop > 0:
             hit_world = origins[keep] + world_dirs[keep] * t_hit[keep, None]
-            drop, deeper = glass_returns(cfg, semantic[keep], normal[keep], hit_world, reflectivity[keep], rng)
+            above = hit_world[:, 2] - base[keep]  # a sloping street lifts or sinks whole cars
+            drop, deeper = glass_returns(cfg, semantic[keep], normal[keep], hit_world, above, reflectivity[keep], rng)
             lost |= rng.random(len(lost)) < drop
             remission[drop > 0] *= 0.3  # tinted glass, a room's dark interior
             measured[keep] += deeper
@@ -145,11 +163,57 @@ class Lidar:
         return Scan(points, semantic[keep], instance[keep])
 
 
+def texture_spread(cfg: SensorConfig, semantic: np.ndarray, cos_incidence: np.ndarray, rng) -> np.ndarray:
+    """Range error from surface texture: height roughness seen along a beam at incidence θ spreads
+    the return by roughness / cos θ (capped at θ ≈ 87°). Real KITTI road ranges scatter ~1 cm at
+    7 m and ~5 cm at 35 m between azimuth neighbours (``bench/calibrate_real.py``): the far, grazing
+    returns are the rough ones, which a constant range noise cannot give."""
+    roughness = np.where(semantic == _TERRAIN_ID, cfg.grass_roughness, cfg.surface_roughness)
+    spread = roughness / np.maximum(cos_incidence, 0.05)
+    return (rng.standard_normal(len(semantic)) * spread).astype(np.float32)
+
+
+def foliage_depth(cfg: SensorConfig, distance: np.ndarray, where: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """How far behind a crown's modelled surface each leaf return comes from (metres).
+
+    Real KITTI foliage (``bench/calibrate_real.py``, texture) is smooth near the road (hedges: the
+    range steps ~0.5 % between neighbours at 10 m) and ragged far away (crowns: steps of metres
+    over a degree at 20–40 m). Two parts: a short scatter into the leaves, its mean
+    ``vegetation_depth`` at 10 m growing as range^1.5; and gaps in the crown, fixed in the world
+    (a smooth pattern of ~1 m cells over the hit position, the same from every scan), covering a
+    share ``vegetation_gaps`` × range / 30 m (at most 0.6) of the surface, through which the beam
+    returns from up to ``vegetation_gap_depth`` deeper.
+    """
+    scatter = cfg.vegetation_depth * np.minimum((distance / 10.0) ** 1.5, 10.0)
+    depth = rng.exponential(1.0, len(distance)) * scatter
+    if cfg.vegetation_gaps > 0:
+        field = _GAP_WAVES[:, 3] + where @ _GAP_WAVES[:, :3].T  # (N, waves) phases
+        pattern = np.sin(field).sum(axis=1) / np.sqrt(len(_GAP_WAVES) / 2)  # ~ N(0, 1)
+        quantile = 1.0 / (1.0 + np.exp(-1.702 * pattern))  # ~ uniform in (0, 1)
+        share = np.minimum(cfg.vegetation_gaps * distance / 30.0, 0.6)
+        inside = np.clip((quantile - (1.0 - share)) / np.maximum(0.25 * share, 1e-6), 0.0, 1.0)  # steep edges
+        depth = depth + cfg.vegetation_gap_depth * inside
+    return np.asarray(depth, np.float32)
+
+
+def _gap_waves() -> np.ndarray:
+    """Four plane waves (wave vector, phase) of 0.8–2 m wavelength in random directions, fixed."""
+    rng = np.random.default_rng(20231126)
+    direction = rng.normal(size=(4, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    wavenumber = 2 * np.pi / rng.uniform(0.8, 2.0, (4, 1))
+    return np.hstack([direction * wavenumber, rng.uniform(0, 2 * np.pi, (4, 1))])
+
+
+_GAP_WAVES = _gap_waves()
+
+
 def glass_returns(
     cfg: SensorConfig,
     semantic: np.ndarray,
     normal: np.ndarray,
     hit_world: np.ndarray,
+    above_base: np.ndarray,
     reflectivity: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +230,7 @@ def glass_returns(
     drop = np.zeros(len(semantic))
     deeper = np.zeros(len(semantic), np.float32)
     if cfg.car_glass_drop > 0:
-        car = vertical & np.isin(semantic, _CAR_IDS) & (hit_world[:, 2] > CAR_WINDOW_Z)
+        car = vertical & np.isin(semantic, _CAR_IDS) & (above_base > CAR_WINDOW_Z)
         drop[car] = cfg.car_glass_drop
     if cfg.window_glass_drop > 0:
         building = vertical & np.isin(semantic, _BUILDING_IDS)
@@ -179,6 +243,14 @@ def glass_returns(
         drop[pane] = cfg.window_glass_drop
         deeper[pane] = rng.uniform(0.2, 3.0, int(pane.sum()))
     return drop, deeper
+
+
+def instance_base(mesh: LabelledMesh) -> np.ndarray:
+    """Per instance id (0..65535), the height of the instance's lowest vertex; 0 for id 0 (stuff)."""
+    base = np.full(1 << 16, np.inf)
+    np.minimum.at(base, np.repeat(mesh.instance, 3), mesh.vertices[mesh.triangles.ravel(), 2])
+    base[0] = 0.0
+    return np.where(np.isfinite(base), base, 0.0).astype(np.float32)
 
 
 def _hash01(values: np.ndarray, multiplier: int) -> np.ndarray:

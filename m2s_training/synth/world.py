@@ -19,6 +19,7 @@ import numpy as np
 
 from m2s_training.synth import objects
 from m2s_training.synth.mesh import THING_CLASSES, LabelledMesh, Part
+from m2s_training.synth.road_shape import RoadShape
 
 ROAD_HALF_WIDTH = 7.0
 PARKING_OUTER = 9.5
@@ -50,12 +51,18 @@ class Mover:
 @dataclass(frozen=True)
 class World:
     static: LabelledMesh  # everything that never moves, in world coordinates
-    movers: tuple[Mover, ...]
+    movers: tuple[Mover, ...]  # in the straight street frame (``shape`` maps them into the world)
+    shape: RoadShape | None = None  # how the street turns and climbs; None: straight and level
 
     def moving_mesh(self, t: float) -> LabelledMesh | None:
         if not self.movers:
             return None
-        return LabelledMesh.concatenate([m.mesh_at(t) for m in self.movers])
+        mesh = LabelledMesh.concatenate([m.mesh_at(t) for m in self.movers])
+        if self.shape is None:
+            return mesh
+        return LabelledMesh(
+            self.shape.apply(mesh.vertices), mesh.triangles, mesh.semantic, mesh.instance, mesh.reflectivity
+        )
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,13 @@ them near the start so that short sequences also show an intersection (real fram
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from m2s_training.synth import objects
 from m2s_training.synth.mesh import REFLECTIVITY, LabelledMesh, Part, raw_ids
+from m2s_training.synth.road_shape import RoadShape
 from m2s_training.synth.world import EGO_LANE_Y, OBJECT_BUILDERS, RowKind, World, _WorldBuilder
 
 Span = tuple[float, float]
@@ -60,6 +63,12 @@ def _subtract(span: Span, holes: list[Span]) -> list[Span]:
     if start < span[1]:
         pieces.append((start, span[1]))
     return pieces
+
+
+def _pieces(span: Span, longest: float = 4.0) -> list[Span]:
+    """``span`` cut into equal pieces of at most ``longest`` metres."""
+    edges = np.linspace(span[0], span[1], max(2, int(np.ceil((span[1] - span[0]) / longest)) + 1))
+    return list(itertools.pairwise(edges.tolist()))
 
 
 def _clear(x: float, half: float, holes: list[Span]) -> bool:
@@ -104,6 +113,38 @@ def hedge(x: Span, y: float, ground: float, rng: np.random.Generator) -> Labelle
     return LabelledMesh.from_parts(parts, 0)
 
 
+def fence(x: Span, y: float, ground: float, rng: np.random.Generator, kind: str | None = None) -> LabelledMesh:
+    """A garden fence along x at lateral position ``y``: boards with gaps, or posts and rails, or a
+    closed panel. Real fences let many beams through to the yard behind (a solid box does not);
+    a closed wall-like plane is what a facade looks like to a LiDAR that sees its lowest 2 m.
+    Panels and rails come in pieces of at most 4 m, to follow a bend (``RoadShape``)."""
+    height = rng.uniform(0.7, 1.8)
+    kind = kind or rng.choice(["boards", "rails", "panel"], p=[0.45, 0.35, 0.2])
+    pieces = _pieces(x)
+    if kind == "panel":
+        return LabelledMesh.from_parts(
+            [
+                Part("box", (x1 - x0, 0.06, height), ((x0 + x1) / 2, y, ground + height / 2), "fence")
+                for x0, x1 in pieces
+            ],
+            0,
+        )
+    parts, posts = [], np.arange(x[0], x[1], rng.uniform(2.0, 3.0))
+    for px in posts:
+        parts.append(Part("box", (0.1, 0.1, height + 0.1), (px, y, ground + (height + 0.1) / 2), "fence"))
+    rails = rng.integers(2, 4) if kind == "rails" else 2
+    for z in np.linspace(0.25, height - 0.1, rails):
+        for x0, x1 in pieces:
+            parts.append(
+                Part("box", (x1 - x0, 0.05, 0.07), ((x0 + x1) / 2, y + 0.05 * np.sign(y), ground + z), "fence")
+            )
+    if kind == "boards":
+        width, gap = rng.uniform(0.07, 0.15), rng.uniform(0.03, 0.12)
+        for bx in np.arange(x[0] + width / 2, x[1], width + gap):
+            parts.append(Part("box", (width, 0.025, height), (bx, y - 0.02 * np.sign(y), ground + height / 2), "fence"))
+    return LabelledMesh.from_parts(parts, 0)
+
+
 # the street's builders, with KITTI's denser trees and bushes
 _OBJECTS = {**OBJECT_BUILDERS, "tree": tree, "bush": bush}
 
@@ -113,6 +154,11 @@ class _KittiStreet:
         self.w, self.rng, self.duration = w, w.rng, duration
         self.cross: list[tuple[float, float, float]] = []  # (x centre, road half width, sidewalk width)
         self.road_parking = {-1.0: False, 1.0: False}
+
+    def strip(self, semantic: str, x: Span, y: Span, top: float) -> None:
+        """A ground strip along x, in pieces of at most 4 m so that it follows a bend (``RoadShape``)."""
+        for x0, x1 in _pieces(x):
+            self.w.ground(semantic, (x0, x1), y, top)
 
     def objects_row(self, kinds, gap, span, y, z, heading, holes, jitter=0.0) -> None:
         """Static objects along x at lateral position ``y``, skipping the cross streets."""
@@ -132,7 +178,7 @@ class _KittiStreet:
             x += rng.uniform(60.0, 160.0)
         holes = sorted((c - h - s, c + h + s) for c, h, s in self.cross)
         half = {-1.0: rng.uniform(3.0, 5.5), 1.0: rng.uniform(2.5, 5.5)}
-        w.ground("road", x_range, (-half[-1.0], half[1.0]), 0.0)
+        self.strip("road", x_range, (-half[-1.0], half[1.0]), 0.0)
         for c, h, s in self.cross:
             w.ground("road", (c - h, c + h), (-reach, reach), 0.0)
             for side in (-1.0, 1.0):
@@ -153,7 +199,7 @@ class _KittiStreet:
         if rng.random() < 0.25:  # a parking strip with parked cars
             width = rng.uniform(2.2, 2.8)
             for x0, x1 in _subtract(x_range, holes):
-                w.ground("parking", (x0, x1), (side * y, side * (y + width)), 0.005)
+                self.strip("parking", (x0, x1), (side * y, side * (y + width)), 0.005)
             car_y, y = y + width / 2, y + width
         elif y >= 4.3:  # a wide road: cars parked on it, along the kerb, clear of the lanes
             car_y = y - 1.1
@@ -174,7 +220,7 @@ class _KittiStreet:
             y += verge
         walk = rng.uniform(1.5, 4.5)
         for x0, x1 in _subtract(x_range, holes):
-            w.ground("sidewalk", (x0, x1), (side * y, side * (y + walk)), kerb)
+            self.strip("sidewalk", (x0, x1), (side * y, side * (y + walk)), kerb)
         furniture = [RowKind("pole", 0.35), RowKind("traffic-sign", 0.2), RowKind("gap", 0.45)]
         self.objects_row(furniture, (8.0, 30.0), x_range, side * (y + 0.35), kerb, np.pi if side < 0 else 0.0, holes)
         people = [RowKind("person", 0.3), RowKind("bicycle", 0.25), RowKind("motorcycle", 0.05), RowKind("gap", 0.4)]
@@ -213,9 +259,7 @@ class _KittiStreet:
                 if boundary == "hedge":
                     w.static.append(hedge((x0, x1), side * (y + 0.5), kerb, rng))
                 elif boundary == "fence":
-                    height = rng.uniform(0.8, 2.0)
-                    centre = ((x0 + x1) / 2, side * (y + 0.3), kerb + height / 2)
-                    w.static.append(LabelledMesh.from_parts([Part("box", (x1 - x0, 0.06, height), centre, "fence")], 0))
+                    w.static.append(fence((x0, x1), side * (y + 0.3), kerb, rng))
             if yard > 1.5:
                 green = [RowKind("tree", 0.45), RowKind("bush", 0.35), RowKind("gap", 0.2)]
                 self.objects_row(green, (1.0, 8.0), span, side * (y + yard * 0.5), kerb, 0.0, holes, yard * 0.3)
@@ -290,12 +334,27 @@ class _KittiStreet:
                 cursor += rng.uniform(10.0, 50.0)
 
 
-def build_kitti_world(rng: np.random.Generator, x_range: Span, window: Span, duration: float) -> World:
+def build_kitti_world(
+    rng: np.random.Generator,
+    x_range: Span,
+    window: Span,
+    duration: float,
+    shaped: bool = True,
+    max_grade: float = 0.06,
+) -> World:
+    """The street laid out along x, then (``shaped``) bent and sloped by a random :class:`RoadShape`."""
     w = _WorldBuilder(rng, *x_range, window)
     street = _KittiStreet(w, duration)
     street.build(x_range, window)
     w.x_min, w.x_max = x_range
-    return w.build()
+    straight = w.build()
+    if not shaped:
+        return straight
+    # far enough beyond the street's end for the movers, which keep driving for ``duration``
+    shape = RoadShape.random(rng, (x_range[0] - 50.0, x_range[1] + 300.0), max_grade)
+    s = straight.static
+    static = LabelledMesh(shape.apply(s.vertices), s.triangles, s.semantic, s.instance, s.reflectivity)
+    return World(static, straight.movers, shape)
 
 
-__all__ = ["build_kitti_world", "heightfield"]
+__all__ = ["build_kitti_world", "fence", "heightfield"]
