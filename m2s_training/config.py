@@ -66,6 +66,17 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.01  # cosine decay ends at lr × min_lr_ratio
     grad_clip: float = 10.0  # max gradient norm; 0 disables
+    # Weight averaging (m2s_training.averaging): from this fraction of the steps on, the weights of
+    # every step are averaged; the run ends by writing OUT/averaged.pt (batch-norm statistics
+    # measured again on ``average_bn_batches`` training batches). None: off.
+    average_from: float | None = None
+    average_bn_batches: int = 50
+
+    def __post_init__(self) -> None:
+        if self.average_from is not None and not 0.0 <= self.average_from < 1.0:
+            raise ValueError(f"optim.average_from must be in [0, 1), got {self.average_from}")
+        if self.average_bn_batches < 1:
+            raise ValueError(f"optim.average_bn_batches must be >= 1, got {self.average_bn_batches}")
 
 
 @dataclass

@@ -13,7 +13,8 @@
 
 Runs under ``torchrun`` use DDP (gloo on CPU, nccl on CUDA); only rank 0 writes. ``OUT/last.pt``
 holds everything needed to continue exactly (model, optimizer, scheduler, scaler, step, RNG, the
-config it ran with); ``OUT/best.pt`` is the model with the best validation mIoU; ``OUT/config.yaml``
+config it ran with); ``OUT/best.pt`` is the model with the best validation mIoU; ``OUT/averaged.pt``
+the mean of the last steps' weights (``optim.average_from``); ``OUT/config.yaml``
 the config (``m2s-train --config OUT/config.yaml`` repeats the run). ``OUT/log.csv`` has one row per
 logged value (step, epoch, split, name, value) and ``OUT/curves.png`` plots it.
 
@@ -25,6 +26,7 @@ sampling from their own generators, so a resumed run repeats an uninterrupted on
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -40,6 +42,7 @@ from tqdm import tqdm
 from m2s_perception.checkpoint import read_checkpoint
 from m2s_perception.models import ModelOutput, build_model
 from m2s_training.atomic import remove_stale_temporaries, write_text_atomic
+from m2s_training.averaging import WeightAverage, recalibrate_batch_norm
 from m2s_training.checkpoint import save_checkpoint
 from m2s_training.config import OptimConfig, TrainConfig, check_resumable, config_to_dict, with_absolute_paths
 from m2s_training.data.dataset import Batch, SemanticKittiDataset, make_loader
@@ -50,7 +53,7 @@ from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 from m2s_training.reporting import CsvLog, plot_curves
 from m2s_training.seeding import rng_state, seed_everything, seeded_generator, set_rng_state
 
-RUN_FILES = ("last.pt", "best.pt", "log.csv", "curves.png", "config.yaml")
+RUN_FILES = ("last.pt", "best.pt", "averaged.pt", "log.csv", "curves.png", "config.yaml")
 
 
 class Trainer:
@@ -117,6 +120,8 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step, self.best_miou = 0, -1.0
+        self.average = WeightAverage(self.model) if config.optim.average_from is not None else None
+        self.average_after = int(self.total_steps * (config.optim.average_from or 0.0))
         if saved is not None:
             self._load_state(saved)
         self.log = None
@@ -186,6 +191,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "extra_loss": self._extra_loss_trainable_state(),
             "extra_loss_rng": generator.get_state() if generator is not None else None,
+            "average": self.average.state_dict() if self.average is not None else None,
             "rng": rng_state(),
             "config": config_to_dict(self.config),
             "mode": self.mode,
@@ -222,6 +228,8 @@ class Trainer:
                     params[name].copy_(value)
         if state.get("extra_loss_rng") is not None:
             self.extra_loss.generator.set_state(state["extra_loss_rng"])
+        if self.average is not None and state.get("average") is not None:
+            self.average.load_state_dict(state["average"])
         self.step, self.best_miou = state["step"], state["best_miou"]
         set_rng_state(state["rng"])
 
@@ -262,10 +270,11 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
 
-    def _epoch_loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        """The rest of ``epoch``'s batches, from where ``self.step`` left off."""
+    def _epoch_loader(self, epoch: int, from_start: bool = False) -> torch.utils.data.DataLoader:
+        """The rest of ``epoch``'s batches, from where ``self.step`` left off (or all of them)."""
         self.sampler.set_epoch(epoch)
-        self.sampler.start = (self.step - epoch * self.steps_per_epoch) * self.config.data.batch_size
+        done = 0 if from_start else self.step - epoch * self.steps_per_epoch
+        self.sampler.start = done * self.config.data.batch_size
         self.train_set.set_epoch(epoch)
         return make_loader(
             self.train_set,
@@ -298,6 +307,8 @@ class Trainer:
                     raise FloatingPointError(f"step {self.step}: loss is {loss.item()} ({_describe(terms)})")
                 self._optimise(loss)
                 self.step += 1
+                if self.average is not None and self.step > self.average_after:
+                    self.average.update(self.model)
                 for name, value in {**terms, "loss": loss}.items():
                     sums[name] = sums.get(name, 0.0) + value.detach()
                 count += 1
@@ -319,7 +330,39 @@ class Trainer:
         if self.ddp.is_main:
             minutes = (time.monotonic() - started) / 60
             print(f"{self.mode}: {self.step} steps in {minutes:.1f} min; best val mIoU {self.best_miou:.4f}")
+        if self.average is not None and self.step >= self.total_steps:
+            self._save_average()
         return metrics
+
+    def _save_average(self) -> None:
+        """OUT/averaged.pt: the averaged weights with batch-norm statistics measured for them."""
+        if self.ddp.is_main:
+            averaged = build_model(self.config.model).to(self.device)
+            averaged.load_state_dict(self.model.state_dict())
+            self.average.copy_to(averaged)
+            batches = itertools.islice(self._epoch_loader(0, from_start=True), self.config.optim.average_bn_batches)
+
+            def forward(model: nn.Module, batch: Batch) -> None:
+                seen = batch.to(self.device)
+                seen = seen.student_view() if self.mode in ("distill", "m2skd") else seen
+                with self._autocast():
+                    model(seen.points, seen.batch_index, seen.batch_size)
+
+            recalibrate_batch_norm(averaged, batches, forward)
+            metrics = self.validate(averaged)
+            self._log(self.step // self.steps_per_epoch, "val_averaged", {"miou": metrics.miou})
+            tqdm.write(f"averaged weights of steps {self.average_after + 1}–{self.step}: val mIoU {metrics.miou:.4f}")
+            save_checkpoint(
+                self.out_dir / "averaged.pt",
+                averaged,
+                self.config.model,
+                class_names=self.label_map.class_names,
+                mode=self.mode,
+                step=self.step,
+                val_miou=metrics.miou,
+                averaged_steps=self.average.count,
+            )
+        self.ddp.barrier()
 
     def _log(self, epoch: int, split: str, values: dict[str, float]) -> None:
         if self.log is not None:
@@ -346,9 +389,11 @@ class Trainer:
         return metrics
 
     @torch.no_grad()
-    def validate(self) -> SegmentationMetrics:
-        """Val mIoU of the model (argmax over classes 1..C-1, as at inference); fused points unscored."""
-        self.model.eval()
+    def validate(self, model: nn.Module | None = None) -> SegmentationMetrics:
+        """Val mIoU of the model (or ``model``; argmax over classes 1..C-1, as at inference); fused
+        points unscored."""
+        model = model or self.model
+        model.eval()
         num_classes = self.config.model.num_classes
         confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=self.device)
         sampler = torch.utils.data.SequentialSampler(self.val_set)
@@ -359,11 +404,11 @@ class Trainer:
         for batch in tqdm(loader, desc="val", leave=False, mininterval=2):
             batch = batch.to(self.device)
             with self._autocast():
-                output = self.model(batch.points, batch.batch_index, batch.batch_size)
+                output = model(batch.points, batch.batch_index, batch.batch_size)
             pred = output.point_logits[:, 1:].argmax(dim=1) + 1
             scored = ~batch.is_fused
             confusion += confusion_matrix(pred[scored], batch.labels[scored], num_classes)
-        self.model.train()
+        model.train()
         return SegmentationMetrics.from_confusion(confusion, self.label_map.hard_class_ids())
 
 
