@@ -122,7 +122,7 @@ def report(title: str, stats: dict) -> None:
 
 def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
     label_map = load_label_map()
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig, axes = plt.subplots(3, 3, figsize=(16, 13))
     styles = ["-", "--"]
     for (title, stats), style in zip(runs, styles[: len(runs)], strict=True):
         for name in ("road", "sidewalk", "terrain", "building", "vegetation", "car"):
@@ -132,13 +132,21 @@ def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
             axes[0, 0].hist(stats["points"][mask, 3], bins=50, range=(0, 1), **kw)
             axes[0, 1].hist(stats["points"][mask, 2], bins=60, range=(-3, 6), **kw)
             axes[0, 2].hist(stats["rho"][mask], bins=60, range=(0, 60), **kw)
-        names = list(stats["classes"])
-        shares = [stats["classes"][n]["share"] for n in names]
+        # bars at each class's place in CLASSES: a class absent from one run leaves a gap, no shift
+        shares = [stats["classes"][n]["share"] if n in stats["classes"] else 0.0 for n in CLASSES]
         offset = 0.0 if style == "-" else 0.4
-        axes[1, 0].bar(np.arange(len(names)) + offset, shares, width=0.4, label=title)
-        axes[1, 0].set_xticks(np.arange(len(names)) + 0.2, names, rotation=45)
+        axes[1, 0].bar(np.arange(len(CLASSES)) + offset, shares, width=0.4, label=title)
+        axes[1, 0].set_xticks(np.arange(len(CLASSES)) + 0.2, CLASSES, rotation=45)
         axes[1, 1].hist(stats["elevation"], bins=np.arange(-26, 4, 0.1), histtype="step", label=title, density=True)
         axes[1, 2].hist(stats["rho"], bins=100, range=(0, 80), histtype="step", label=title, density=True)
+        for ax, (lo, hi) in zip(axes[2], TEXTURE_BANDS, strict=True):
+            shown = [n for n in CLASSES if (n, lo) in stats["texture"]]
+            p50 = [stats["texture"][(n, lo)][0] * 100 for n in shown]
+            positions = np.array([CLASSES.index(n) for n in shown]) + offset
+            ax.bar(positions, p50, width=0.4, label=title)
+            ax.set_xticks(np.arange(len(CLASSES)) + 0.2, CLASSES, rotation=45)
+            ax.set(title=f"texture, {lo:.0f}–{hi:.0f} m: median |range step| / range", ylabel="%")
+            ax.legend(fontsize=7)
     axes[0, 0].set(title="remission per class", xlabel="remission")
     axes[0, 1].set(title="height z per class (sensor frame)", xlabel="z [m]")
     axes[0, 2].set(title="horizontal range per class", xlabel="range [m]")
