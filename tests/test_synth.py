@@ -393,3 +393,15 @@ def test_fences_let_beams_through_to_the_yard_behind(kind, through):
         names = LABELS.to_train(scan.semantic[ahead])
         passed = np.mean(names == LABELS.class_names.index("building"))
         assert ahead.sum() > 100 and through[0] <= passed <= through[1], (kind, seed, passed)
+
+
+def test_stride_keeps_every_nth_sweep(tmp_path):
+    """--stride 3: scans 0.3 s apart, so the ego (8 m/s in the tiny preset) moves 2.4 m between them."""
+    assert synth_main(["--out", str(tmp_path), "--sequences", "00", "--scans", "4", "--stride", "3"]) == 0
+    sequence = Sequence(tmp_path, "00")
+    times = np.loadtxt(tmp_path / "sequences" / "00" / "times.txt")
+    np.testing.assert_allclose(np.diff(times), 0.3, atol=1e-6)
+    steps = np.linalg.norm(np.diff(np.stack([p[:3, 3] for p in sequence.poses]), axis=0), axis=1)
+    np.testing.assert_allclose(steps, 2.4, atol=0.05)  # the lane weave adds a few cm
+    with pytest.raises(SystemExit):
+        synth_main(["--out", str(tmp_path), "--stride", "0"])

@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sequences", nargs="+", default=["00"], type=_sequence_arg, help="e.g. 00 08")
     parser.add_argument("--scans", type=_positive_int, help="scans per sequence (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
+    parser.add_argument(
+        "--stride",
+        type=_positive_int,
+        default=1,
+        help="keep every Nth sweep (scans N × 0.1 s apart): more street per scan for single-scan "
+        "training; keep 1 for multi-scan fusion (teacher, distill, m2skd), which needs consecutive sweeps",
+    )
     parser.add_argument("--preview", type=Path, help="also write a bird's-eye-view PNG of the first scan")
     return parser
 
@@ -68,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in args.sequences:
             progress.set_postfix(sequence=name)
-            summaries.append(write_sequence(args.out, name, preset, scans, args.seed, on_scan=on_scan))
+            summaries.append(
+                write_sequence(args.out, name, preset, scans, args.seed, on_scan=on_scan, stride=args.stride)
+            )
 
     for summary in summaries:
         train_ids = np.unique(label_map.to_train(np.array(sorted(summary.raw_ids), dtype=np.int64)))

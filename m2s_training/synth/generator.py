@@ -74,11 +74,11 @@ def sequence_name(sequence: str | int) -> str:
 class SequenceSimulator:
     """The world, trajectory and sensor of one sequence; :meth:`scan` is deterministic per index."""
 
-    def __init__(self, preset: Preset, scans: int, seed: int, sequence: str):
-        if scans < 1:
-            raise ValueError(f"scans must be at least 1, got {scans}")
+    def __init__(self, preset: Preset, scans: int, seed: int, sequence: str, stride: int = 1):
+        if scans < 1 or stride < 1:
+            raise ValueError(f"scans and stride must be at least 1, got {scans}, {stride}")
         self.preset = preset
-        self.times = np.arange(scans) / preset.sensor.rate_hz
+        self.times = np.arange(scans) * stride / preset.sensor.rate_hz  # every stride-th sweep
         self.poses = ego_poses(self.times, preset.ego_speed, preset.sensor.mount_height)
         seeds = np.random.SeedSequence([seed, int(sequence_name(sequence))]).spawn(scans + 1)
         self._scan_seeds = seeds[1:]
@@ -118,10 +118,11 @@ def write_sequence(
     scans: int | None = None,
     seed: int = 0,
     on_scan: Callable[[int, Scan], None] | None = None,
+    stride: int = 1,
 ) -> SequenceSummary:
     preset = get_preset(preset) if isinstance(preset, str) else preset
     name = sequence_name(sequence)
-    sim = SequenceSimulator(preset, preset.scans if scans is None else scans, seed, name)
+    sim = SequenceSimulator(preset, preset.scans if scans is None else scans, seed, name, stride)
     final = Path(out_root) / "sequences" / name
     summary = SequenceSummary(final)
     # The sequence is written beside its final folder and renamed into place: an interrupted
