@@ -10,6 +10,8 @@ from m2s_training.synth import SequenceSimulator, generate, get_preset
 from m2s_training.synth.generator import ego_poses
 from m2s_training.synth.road_shape import RoadShape
 
+LABELS = load_label_map()
+
 
 def _circle() -> RoadShape:
     """Radius 100 m, turning left, climbing 5 %, from s = -50 to 250 m."""
@@ -96,3 +98,13 @@ def test_level_streets_when_the_grade_is_capped_at_zero():
 def test_the_kitti_preset_keeps_its_streets_straight_and_level():
     assert SequenceSimulator(get_preset("kitti"), 2, 0, "00").world.shape is None
     assert SequenceSimulator(get_preset("kitti-shaped"), 2, 0, "00").world.shape is not None
+
+
+def test_presets_kitti_is_the_round_2_world_and_textured_adds_porous_fences():
+    kitti, textured = get_preset("kitti"), get_preset("kitti-textured")
+    assert not kitti.porous_fences and textured.porous_fences and get_preset("kitti-shaped").porous_fences
+    assert kitti.sensor.range_noise == 0.025 and textured.sensor.range_noise == 0.005
+    # the same street, fences aside: both draw the same road, so their first scans share the road's points
+    a, b = (SequenceSimulator(p, 1, 0, "00") for p in (kitti, textured))
+    road = [np.sum(LABELS.to_train(s.scan(0).semantic) == LABELS.class_names.index("road")) for s in (a, b)]
+    assert abs(road[0] - road[1]) < 0.1 * road[0]

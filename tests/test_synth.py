@@ -331,7 +331,7 @@ def test_surface_texture_spreads_grazing_returns_more_and_grass_most():
 
 
 def test_foliage_scatter_grows_with_range_and_gaps_are_fixed_in_the_world():
-    """Leaf scatter: mean ``vegetation_depth`` × (range / 10 m)^1.5, so 0.1 m at 10 m and
+    """Leaf scatter: mean ``vegetation_depth`` × (range / 10 m)^growth; growth 1.5: 0.1 m at 10 m and
     0.1 × 2^1.5 = 0.283 m at 20 m. Gaps: a share 0.3 × range / 30 m of the returns (0.1 at 10 m,
     0.3 at 30 m) come from deeper, three quarters of them the full ``vegetation_gap_depth``, and a
     gap stays where it is when the sensor moves."""
@@ -346,10 +346,13 @@ def test_foliage_scatter_grows_with_range_and_gaps_are_fixed_in_the_world():
         surface = 1.73 * slant / -xyz[:, 2]  # where the beam meets the leaves' top
         return surface, slant - surface, xyz
 
-    surface, depth, _ = depths(SensorConfig(**base, vegetation_depth=0.1))
+    surface, depth, _ = depths(SensorConfig(**base, vegetation_depth=0.1, vegetation_depth_growth=1.5))
     at10, at20 = (surface > 9.5) & (surface < 10.5), (surface > 19.0) & (surface < 21.0)
     assert at10.sum() > 300 and at20.sum() > 300
     assert 0.085 < depth[at10].mean() < 0.115 and 0.24 < depth[at20].mean() < 0.33
+    surface, depth, _ = depths(SensorConfig(**base, vegetation_depth=0.1))  # growth 0: 0.1 m everywhere
+    at10, at20 = (surface > 9.5) & (surface < 10.5), (surface > 19.0) & (surface < 21.0)
+    assert 0.085 < depth[at10].mean() < 0.115 and 0.085 < depth[at20].mean() < 0.115
     gaps = SensorConfig(**base, vegetation_gaps=0.3, vegetation_gap_depth=2.0)
     surface, depth, xyz = depths(gaps)
     near, far = (surface > 9.0) & (surface < 11.0), (surface > 27.0) & (surface < 33.0)

@@ -89,7 +89,11 @@ class SequenceSimulator:
         )
         if preset.world == "kitti":
             self.world: World = build_kitti_world(
-                np.random.default_rng(seeds[0]), **layout, shaped=preset.shaped_roads, max_grade=preset.max_grade
+                np.random.default_rng(seeds[0]),
+                **layout,
+                shaped=preset.shaped_roads,
+                max_grade=preset.max_grade,
+                porous_fences=preset.porous_fences,
             )
         else:
             self.world = build_world(np.random.default_rng(seeds[0]), **layout)

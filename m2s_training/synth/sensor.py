@@ -35,7 +35,8 @@ class SensorConfig:
     grazing_drop: float = 0.0  # returns with cos(incidence) below this are lost (prob. rising to 1 at 0)
     dark_drop: float = 0.0  # returns with remission below this are lost with probability 0.5
     far_drop: float = 0.0  # extra loss probability reached at max_range, growing with range²
-    vegetation_depth: float = 0.0  # metres (mean): beams enter leaves before they return
+    vegetation_depth: float = 0.0  # metres (mean, at 10 m): beams enter leaves before they return
+    vegetation_depth_growth: float = 0.0  # the mean grows as (range / 10 m) ** this (0: the same everywhere)
     # Foliage has gaps: this share of the leaf returns at 30 m (growing linearly with range, at most
     # 0.5) comes from deep inside the crown, ``vegetation_gap_depth`` (mean) further on.
     vegetation_gaps: float = 0.0
@@ -179,12 +180,12 @@ def foliage_depth(cfg: SensorConfig, distance: np.ndarray, where: np.ndarray, rn
     Real KITTI foliage (``bench/calibrate_real.py``, texture) is smooth near the road (hedges: the
     range steps ~0.5 % between neighbours at 10 m) and ragged far away (crowns: steps of metres
     over a degree at 20–40 m). Two parts: a short scatter into the leaves, its mean
-    ``vegetation_depth`` at 10 m growing as range^1.5; and gaps in the crown, fixed in the world
+    ``vegetation_depth`` at 10 m growing as range^``vegetation_depth_growth``; and gaps in the crown, fixed in the world
     (a smooth pattern of ~1 m cells over the hit position, the same from every scan), covering a
     share ``vegetation_gaps`` × range / 30 m (at most 0.6) of the surface, through which the beam
     returns from up to ``vegetation_gap_depth`` deeper.
     """
-    scatter = cfg.vegetation_depth * np.minimum((distance / 10.0) ** 1.5, 10.0)
+    scatter = cfg.vegetation_depth * np.minimum((distance / 10.0) ** cfg.vegetation_depth_growth, 10.0)
     depth = rng.exponential(1.0, len(distance)) * scatter
     if cfg.vegetation_gaps > 0:
         field = _GAP_WAVES[:, 3] + where @ _GAP_WAVES[:, :3].T  # (N, waves) phases

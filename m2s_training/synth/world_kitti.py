@@ -150,14 +150,15 @@ _OBJECTS = {**OBJECT_BUILDERS, "tree": tree, "bush": bush}
 
 
 class _KittiStreet:
-    def __init__(self, w: _WorldBuilder, duration: float):
+    def __init__(self, w: _WorldBuilder, duration: float, porous_fences: bool, pieces: bool):
         self.w, self.rng, self.duration = w, w.rng, duration
+        self.porous_fences, self.pieces = porous_fences, pieces
         self.cross: list[tuple[float, float, float]] = []  # (x centre, road half width, sidewalk width)
         self.road_parking = {-1.0: False, 1.0: False}
 
     def strip(self, semantic: str, x: Span, y: Span, top: float) -> None:
-        """A ground strip along x, in pieces of at most 4 m so that it follows a bend (``RoadShape``)."""
-        for x0, x1 in _pieces(x):
+        """A ground strip along x; for a bent street (``RoadShape``) in pieces of at most 4 m, to follow it."""
+        for x0, x1 in _pieces(x) if self.pieces else [x]:
             self.w.ground(semantic, (x0, x1), y, top)
 
     def objects_row(self, kinds, gap, span, y, z, heading, holes, jitter=0.0) -> None:
@@ -259,7 +260,13 @@ class _KittiStreet:
                 if boundary == "hedge":
                     w.static.append(hedge((x0, x1), side * (y + 0.5), kerb, rng))
                 elif boundary == "fence":
-                    w.static.append(fence((x0, x1), side * (y + 0.3), kerb, rng))
+                    if self.porous_fences:
+                        w.static.append(fence((x0, x1), side * (y + 0.3), kerb, rng))
+                    else:  # a closed panel, one box (the round-2 world of the shipped weights)
+                        height = rng.uniform(0.8, 2.0)
+                        centre = ((x0 + x1) / 2, side * (y + 0.3), kerb + height / 2)
+                        panel = Part("box", (x1 - x0, 0.06, height), centre, "fence")
+                        w.static.append(LabelledMesh.from_parts([panel], 0))
             if yard > 1.5:
                 green = [RowKind("tree", 0.45), RowKind("bush", 0.35), RowKind("gap", 0.2)]
                 self.objects_row(green, (1.0, 8.0), span, side * (y + yard * 0.5), kerb, 0.0, holes, yard * 0.3)
@@ -341,10 +348,13 @@ def build_kitti_world(
     duration: float,
     shaped: bool = True,
     max_grade: float = 0.06,
+    porous_fences: bool = True,
 ) -> World:
     """The street laid out along x, then (``shaped``) bent and sloped by a random :class:`RoadShape`."""
     w = _WorldBuilder(rng, *x_range, window)
-    street = _KittiStreet(w, duration)
+    # Ground strips in 4 m pieces follow a bend; the round-2 world (no bends, closed fences: the
+    # shipped weights' data) keeps one box per strip, so that its scans stay byte for byte the same.
+    street = _KittiStreet(w, duration, porous_fences, pieces=shaped or porous_fences)
     street.build(x_range, window)
     w.x_min, w.x_max = x_range
     straight = w.build()
