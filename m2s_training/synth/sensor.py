@@ -37,8 +37,8 @@ class SensorConfig:
     far_drop: float = 0.0  # extra loss probability reached at max_range, growing with range²
     vegetation_depth: float = 0.0  # metres (mean, at 10 m): beams enter leaves before they return
     vegetation_depth_growth: float = 0.0  # the mean grows as (range / 10 m) ** this (0: the same everywhere)
-    # Foliage has gaps: this share of the leaf returns at 30 m (growing linearly with range, at most
-    # 0.5) comes from deep inside the crown, ``vegetation_gap_depth`` (mean) further on.
+    # Foliage has gaps, fixed in the world: this share of the leaf surface at 30 m (growing linearly
+    # with range, at most 0.6) returns from up to ``vegetation_gap_depth`` deeper (``foliage_depth``).
     vegetation_gaps: float = 0.0
     vegetation_gap_depth: float = 1.0
     # Surface texture (metres, 1 sigma of the height of asphalt grain, grass blades, facade relief):
@@ -180,10 +180,10 @@ def foliage_depth(cfg: SensorConfig, distance: np.ndarray, where: np.ndarray, rn
     Real KITTI foliage (``bench/calibrate_real.py``, texture) is smooth near the road (hedges: the
     range steps ~0.5 % between neighbours at 10 m) and ragged far away (crowns: steps of metres
     over a degree at 20–40 m). Two parts: a short scatter into the leaves, its mean
-    ``vegetation_depth`` at 10 m growing as range^``vegetation_depth_growth``; and gaps in the crown, fixed in the world
-    (a smooth pattern of ~1 m cells over the hit position, the same from every scan), covering a
-    share ``vegetation_gaps`` × range / 30 m (at most 0.6) of the surface, through which the beam
-    returns from up to ``vegetation_gap_depth`` deeper.
+    ``vegetation_depth`` at 10 m growing as range ** ``vegetation_depth_growth``; and gaps in the
+    crown, fixed in the world (a smooth pattern of ~1 m cells over the hit position, the same from
+    every scan), covering a share ``vegetation_gaps`` × range / 30 m (at most 0.6) of the surface,
+    through which the beam returns from up to ``vegetation_gap_depth`` deeper.
     """
     scatter = cfg.vegetation_depth * np.minimum((distance / 10.0) ** cfg.vegetation_depth_growth, 10.0)
     depth = rng.exponential(1.0, len(distance)) * scatter

@@ -346,9 +346,9 @@ def build_kitti_world(
     x_range: Span,
     window: Span,
     duration: float,
-    shaped: bool = True,
+    shaped: bool = False,
     max_grade: float = 0.06,
-    porous_fences: bool = True,
+    porous_fences: bool = False,
 ) -> World:
     """The street laid out along x, then (``shaped``) bent and sloped by a random :class:`RoadShape`."""
     w = _WorldBuilder(rng, *x_range, window)
