@@ -18,6 +18,7 @@ from m2s_training.data.semantic_kitti import (
     write_times,
 )
 from m2s_training.synth.presets import Preset, get_preset
+from m2s_training.synth.road_shape import rotation
 from m2s_training.synth.sensor import Lidar, Scan
 from m2s_training.synth.world import EGO_LANE_Y, World, build_world
 from m2s_training.synth.world_kitti import build_kitti_world
@@ -28,17 +29,9 @@ def _kitti_like_tr() -> np.ndarray:
     a slight misalignment and the camera a few centimetres in front of and below the LiDAR."""
     swap = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
     tr = np.eye(4)
-    tr[:3, :3] = swap @ _rotation(roll=0.002, pitch=-0.004, yaw=0.003)
+    tr[:3, :3] = swap @ rotation(roll=0.002, pitch=-0.004, yaw=0.003)
     tr[:3, 3] = [-0.004, -0.076, -0.272]
     return tr
-
-
-def _rotation(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
-    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
-    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
-    return rz @ ry @ rx
 
 
 TR_LIDAR_TO_CAMERA = _kitti_like_tr()
@@ -51,7 +44,7 @@ def ego_poses(times: np.ndarray, speed: float, mount_height: float) -> np.ndarra
     yaw = np.arctan2(0.3 * 2 * np.pi / 12.0 * np.cos(2 * np.pi * times / 12.0), speed)
     poses = np.tile(np.eye(4), (len(times), 1, 1))
     for i, t in enumerate(times):
-        poses[i, :3, :3] = _rotation(roll=0.004 * np.sin(1.3 * t), pitch=0.006 * np.sin(0.9 * t), yaw=yaw[i])
+        poses[i, :3, :3] = rotation(roll=0.004 * np.sin(1.3 * t), pitch=0.006 * np.sin(0.9 * t), yaw=yaw[i])
     poses[:, :3, 3] = np.stack([x, y, np.full_like(x, mount_height)], axis=1)
     return poses
 

@@ -15,9 +15,11 @@ world stays one rigid scene seen from a car driving along the curve.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from m2s_training.synth.mesh import LabelledMesh
 
 STEP = 0.5  # metres between centre-line samples
 
@@ -68,6 +70,10 @@ class RoadShape:
         out[:, 2] = z + np.interp(x, self.s, self.height)
         return out
 
+    def apply_mesh(self, mesh: LabelledMesh) -> LabelledMesh:
+        """``mesh`` with its vertices mapped into the world."""
+        return replace(mesh, vertices=self.apply(mesh.vertices))
+
     def apply_poses(self, poses: np.ndarray) -> np.ndarray:
         """Map (n, 4, 4) straight-frame poses: turned with the street, pitched with its grade."""
         out = poses.copy()
@@ -76,7 +82,7 @@ class RoadShape:
         for i, (heading, grade) in enumerate(
             zip(np.interp(x, self.s, self.heading), np.interp(x, self.s, self.grade), strict=True)
         ):
-            out[i, :3, :3] = _rot_z(heading) @ _rot_y(-np.arctan(grade)) @ poses[i, :3, :3]
+            out[i, :3, :3] = rotation(roll=0.0, pitch=-np.arctan(grade), yaw=heading) @ poses[i, :3, :3]
         return out
 
 
@@ -96,14 +102,13 @@ def _integral(values: np.ndarray, ds: float, s: np.ndarray) -> np.ndarray:
     return total - np.interp(0.0, s, total)
 
 
-def _rot_z(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+def rotation(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """R = Rz(yaw) · Ry(pitch) · Rx(roll); a positive pitch turns +x towards −z."""
+    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+    return rz @ ry @ rx
 
 
-def _rot_y(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-__all__ = ["RoadShape"]
+__all__ = ["RoadShape", "rotation"]

@@ -58,11 +58,7 @@ class World:
         if not self.movers:
             return None
         mesh = LabelledMesh.concatenate([m.mesh_at(t) for m in self.movers])
-        if self.shape is None:
-            return mesh
-        return LabelledMesh(
-            self.shape.apply(mesh.vertices), mesh.triangles, mesh.semantic, mesh.instance, mesh.reflectivity
-        )
+        return mesh if self.shape is None else self.shape.apply_mesh(mesh)
 
 
 @dataclass(frozen=True)

@@ -362,9 +362,7 @@ def build_kitti_world(
         return straight
     # far enough beyond the street's end for the movers, which keep driving for ``duration``
     shape = RoadShape.random(rng, (x_range[0] - 50.0, x_range[1] + 300.0), max_grade)
-    s = straight.static
-    static = LabelledMesh(shape.apply(s.vertices), s.triangles, s.semantic, s.instance, s.reflectivity)
-    return World(static, straight.movers, shape)
+    return World(shape.apply_mesh(straight.static), straight.movers, shape)
 
 
 __all__ = ["build_kitti_world", "fence", "heightfield"]
