@@ -9,8 +9,8 @@ from m2s_perception.labels import load_label_map
 from m2s_training.data.semantic_kitti import Sequence, read_calib
 from m2s_training.synth import TR_LIDAR_TO_CAMERA, SequenceSimulator, generate, get_preset
 from m2s_training.synth.cli import main as synth_main
-from m2s_training.synth.mesh import raw_ids
-from m2s_training.synth.world_kitti import _subtract, heightfield
+from m2s_training.synth.mesh import LabelledMesh, raw_ids
+from m2s_training.synth.world_kitti import _subtract, heightfield, shrub
 
 LABELS = load_label_map()
 MOVING_RAW = {252, 253, 254, 255, 256, 257, 258, 259}
@@ -186,6 +186,30 @@ def test_heightfield_covers_its_area_facing_up():
     a, b, c = (v[mesh.triangles[:, k]] for k in range(3))
     assert np.all(np.cross(b - a, c - a)[:, 2] > 0)  # counter-clockwise seen from above: normals point up
     assert set(np.unique(mesh.semantic).tolist()) == {72}  # raw id of terrain
+
+
+def test_lawn_pieces_sharing_bump_phases_join_without_a_step():
+    """Two bands of one lawn (a skewed cross street cuts lawns into 10 m bands) meet at y = 10: with
+    the same bump phases, a slope carried over and no per-vertex noise (bumps → noise 0.3 × bumps,
+    here compared on the smooth part only) their shared edge has one height."""
+    phase = np.array([0.3, 1.1, 2.0, 0.7])
+    top, slope = 0.1, 0.03
+    near = heightfield((0.0, 20.0), (0.0, 10.0), top, 0.08, slope, np.random.default_rng(1), phase)
+    far = heightfield((0.0, 20.0), (10.0, 20.0), top + slope * 10.0, 0.08, slope, np.random.default_rng(2), phase)
+    edge_near = near.vertices[np.isclose(near.vertices[:, 1], 10.0)]
+    edge_far = far.vertices[np.isclose(far.vertices[:, 1], 10.0)]
+    np.testing.assert_allclose(edge_near[:, 0], edge_far[:, 0])
+    # i.i.d. vertex noise σ = 0.3 × 0.08 = 2.4 cm on each side; different phases would differ by up to 0.24 m
+    assert np.abs(edge_near[:, 2] - edge_far[:, 2]).mean() < 0.04
+
+
+def test_shrubs_are_low_and_wide():
+    for seed in range(30):
+        mesh = LabelledMesh.from_parts(shrub(np.random.default_rng(seed)), 0)
+        height = mesh.vertices[:, 2].max()
+        width = np.ptp(mesh.vertices[:, :2], axis=0).max()
+        assert 0.29 <= height <= 1.01 and width >= 0.6 and width > height
+        assert set(LABELS.to_train(np.unique(mesh.semantic)).tolist()) == {LABELS.class_id("vegetation")}
 
 
 def test_kitti_preset_matches_the_real_scans_statistics():

@@ -87,6 +87,11 @@ class SequenceSimulator:
                 shaped=preset.shaped_roads,
                 max_grade=preset.max_grade,
                 porous_fences=preset.porous_fences,
+                street_trees=preset.street_trees,
+                open_plots=preset.open_plots,
+                undergrowth=preset.undergrowth,
+                lush=preset.lush,
+                skewed_junctions=preset.skewed_junctions,
             )
         else:
             self.world = build_world(np.random.default_rng(seeds[0]), **layout)

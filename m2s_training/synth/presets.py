@@ -25,6 +25,11 @@ class Preset:
     shaped_roads: bool = False  # kitti world: streets that turn (and climb, up to max_grade; road_shape.py)
     max_grade: float = 0.06
     porous_fences: bool = False  # kitti world: fences of boards or rails (beams pass) instead of closed panels
+    street_trees: float = 0.0  # kitti world: share of sidewalks with a row of trees along the kerb
+    open_plots: float = 0.3  # kitti world: share of front plots that are open grass with trees, no house in front
+    undergrowth: bool = False  # kitti world: low wide shrubs among the garden and park plants
+    lush: bool = False  # kitti world: trees with low crowns and hedgerows of tall shrubs in the open plots
+    skewed_junctions: float = 0.0  # kitti world: > 0 adds T-junctions, and arms skewed 15–50° this often
 
 
 PRESETS = {

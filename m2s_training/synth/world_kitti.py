@@ -20,6 +20,7 @@ import itertools
 import numpy as np
 
 from m2s_training.synth import objects
+from m2s_training.synth.crossings import STRAIGHT_ACROSS, Crossing, apart, arm_ground, random_arms, taken_spans
 from m2s_training.synth.mesh import REFLECTIVITY, LabelledMesh, Part, raw_ids
 from m2s_training.synth.road_shape import RoadShape
 from m2s_training.synth.world import EGO_LANE_Y, OBJECT_BUILDERS, RowKind, World, _WorldBuilder
@@ -27,12 +28,15 @@ from m2s_training.synth.world import EGO_LANE_Y, OBJECT_BUILDERS, RowKind, World
 Span = tuple[float, float]
 
 
-def heightfield(x: Span, y: Span, top: float, bumps: float, slope: float, rng: np.random.Generator) -> LabelledMesh:
-    """Uneven terrain over x × y: a 1 m grid rising by ``slope`` per metre away from y[0], plus bumps."""
+def heightfield(
+    x: Span, y: Span, top: float, bumps: float, slope: float, rng: np.random.Generator, phase: np.ndarray | None = None
+) -> LabelledMesh:
+    """Uneven terrain over x × y: a 1 m grid rising by ``slope`` per metre away from y[0], plus bumps
+    (their four phases drawn here unless given: pieces of one lawn share them and so join up)."""
     xs = np.arange(x[0], x[1] + 1.0, 1.0)
     ys = np.linspace(y[0], y[1], max(2, int(abs(y[1] - y[0])) + 2))
     gx, gy = np.meshgrid(xs, ys, indexing="ij")
-    phase = rng.uniform(0, 2 * np.pi, 4)
+    phase = rng.uniform(0, 2 * np.pi, 4) if phase is None else phase
     z = top + slope * np.abs(gy - y[0])
     z += bumps * (np.sin(gx / 7.0 + phase[0]) * np.sin(gy / 5.0 + phase[1]) + 0.5 * np.sin(gx / 2.3 + phase[2]))
     z += rng.normal(0.0, 0.3 * bumps, z.shape)
@@ -87,8 +91,8 @@ def _crown(rng: np.random.Generator, height: float, size: float) -> list[Part]:
     return parts
 
 
-def tree(rng: np.random.Generator) -> list[Part]:
-    radius, height, size = rng.uniform(0.1, 0.3), rng.uniform(1.8, 3.5), rng.uniform(3.0, 7.0)
+def tree(rng: np.random.Generator, crown_base: Span = (1.8, 3.5)) -> list[Part]:
+    radius, height, size = rng.uniform(0.1, 0.3), rng.uniform(*crown_base), rng.uniform(3.0, 7.0)
     trunk = Part("cylinder", (2 * radius, 2 * radius, height + 1.0), (0.0, 0.0, (height + 1.0) / 2), "trunk")
     return [trunk, *_crown(rng, height, size)]
 
@@ -98,10 +102,24 @@ def bush(rng: np.random.Generator) -> list[Part]:
     return [Part("sphere", (size * 1.3, size, size * 0.8), (0.0, 0.0, 0.35 * size), "vegetation")]
 
 
-def hedge(x: Span, y: float, ground: float, rng: np.random.Generator) -> LabelledMesh:
+def shrub(rng: np.random.Generator) -> list[Part]:
+    """Low, wide undergrowth (ground cover, low shrubs): vegetation that barely rises above the grass."""
+    width, height = rng.uniform(1.0, 3.5), rng.uniform(0.3, 1.0)
+    return [
+        Part(
+            "sphere",
+            (width * rng.uniform(0.6, 1.0), width * rng.uniform(0.6, 1.0), 2 * height),
+            (dx, dy, 0),
+            "vegetation",
+        )
+        for dx, dy in rng.normal(0.0, width * 0.25, (int(rng.integers(1, 4)), 2))
+    ]
+
+
+def hedge(x: Span, y: float, ground: float, rng: np.random.Generator, heights: Span = (0.8, 2.5)) -> LabelledMesh:
     """A hedge along x: overlapping clipped blobs of varying height and depth, not a flat-sided box
     (a real hedge's outline is ragged, and beams enter it: ``SensorConfig.vegetation_depth``)."""
-    height, thick = rng.uniform(0.8, 2.5), rng.uniform(0.6, 1.5)
+    height, thick = rng.uniform(*heights), rng.uniform(0.6, 1.5)
     parts, cursor = [], x[0]
     while cursor < x[1]:
         length = min(rng.uniform(0.8, 2.0), x[1] - cursor + 0.3)
@@ -146,24 +164,70 @@ def fence(x: Span, y: float, ground: float, rng: np.random.Generator, kind: str 
 
 
 # the street's builders, with KITTI's denser trees and bushes
-_OBJECTS = {**OBJECT_BUILDERS, "tree": tree, "bush": bush}
+_OBJECTS = {
+    **OBJECT_BUILDERS,
+    "tree": tree,
+    "bush": bush,
+    "shrub": shrub,
+    # young, fruit and hedge-row trees keep leaves down to a metre: at 20–40 m, where the beams
+    # see only the lowest ~3 m, they are what vegetation looks like
+    "low-tree": lambda rng: tree(rng, crown_base=(0.8, 2.0)),
+}
 
 
 class _KittiStreet:
-    def __init__(self, w: _WorldBuilder, duration: float, porous_fences: bool, pieces: bool):
+    def __init__(
+        self,
+        w: _WorldBuilder,
+        duration: float,
+        porous_fences: bool,
+        pieces: bool,
+        street_trees: float = 0.0,
+        open_plots: float = 0.3,
+        undergrowth: bool = False,
+        lush: bool = False,
+        skewed_junctions: float = 0.0,
+    ):
         self.w, self.rng, self.duration = w, w.rng, duration
         self.porous_fences, self.pieces = porous_fences, pieces
-        self.cross: list[tuple[float, float, float]] = []  # (x centre, road half width, sidewalk width)
+        self.street_trees, self.open_plots = street_trees, open_plots
+        self.undergrowth, self.lush = undergrowth, lush
+        self.skewed_junctions = skewed_junctions  # > 0: T-junctions, and arms skewed with this probability
+        self.crossings: list[Crossing] = []
         self.road_parking = {-1.0: False, 1.0: False}
+
+    def green(self, tree: float, bush: float, gap: float) -> list[RowKind]:
+        """Kinds of a row of garden or park plants: trees, bushes and gaps; with ``undergrowth`` about
+        a quarter of the plants are low shrubs, with ``lush`` half of the trees keep low crowns."""
+        if not self.undergrowth:
+            kinds = [RowKind("tree", tree), RowKind("bush", bush), RowKind("gap", gap)]
+        else:
+            kinds = [RowKind("tree", tree * 0.75), RowKind("bush", bush * 0.75), RowKind("shrub", 0.25)]
+            kinds.append(RowKind("gap", gap))
+        if self.lush:
+            trees = kinds[0].probability / 2
+            kinds = [RowKind("tree", trees), *kinds[1:], RowKind("low-tree", trees)]
+        return kinds
 
     def strip(self, semantic: str, x: Span, y: Span, top: float) -> None:
         """A ground strip along x; for a bent street (``RoadShape``) in pieces of at most 4 m, to follow it."""
         for x0, x1 in _pieces(x) if self.pieces else [x]:
             self.w.ground(semantic, (x0, x1), y, top)
 
-    def objects_row(self, kinds, gap, span, y, z, heading, holes, jitter=0.0) -> None:
+    def holes(self, side: float, near: float, far: float) -> list[Span]:
+        """The x-spans the cross streets take between ``near`` and ``far`` metres out on ``side``."""
+        return taken_spans(self.crossings, side, near, far)
+
+    def bands(self, side: float, near: float, far: float) -> list[Span]:
+        """``near``–``far`` in one piece, or in 10 m bands where a skewed arm cuts a slanted gap."""
+        if all(arm.skew == 0.0 for c in self.crossings for arm in c.arms if arm.side == side):
+            return [(near, far)]
+        edges = np.linspace(near, far, max(2, int(np.ceil((far - near) / 10.0)) + 1))
+        return list(itertools.pairwise(edges.tolist()))
+
+    def objects_row(self, kinds, gap, span, y, z, heading, jitter=0.0) -> None:
         """Static objects along x at lateral position ``y``, skipping the cross streets."""
-        for x0, x1 in _subtract(span, holes):
+        for x0, x1 in _subtract(span, self.holes(np.sign(y), abs(y) - jitter - 3.0, abs(y) + jitter + 3.0)):
             self.w.x_min, self.w.x_max = x0, x1
             for parts, x in self.w.row(kinds, gap=gap, span=(x0, x1), builders=_OBJECTS):
                 h = heading if heading is not None else self.rng.uniform(-np.pi, np.pi)
@@ -175,31 +239,50 @@ class _KittiStreet:
         # Cross streets: one near the start (in 60 % of the sequences), then every 60–160 m.
         x = window[0] + rng.uniform(-15.0, 20.0) if rng.random() < 0.6 else window[0] + rng.uniform(30, 90)
         while x < x_range[1]:
-            self.cross.append((x, rng.uniform(3.0, 5.0), rng.uniform(1.5, 3.5)))
+            width, walk = rng.uniform(3.0, 5.0), rng.uniform(1.5, 3.5)
+            arms = random_arms(rng, self.skewed_junctions) if self.skewed_junctions > 0 else STRAIGHT_ACROSS
+            previous = self.crossings[-1] if self.crossings else None
+            self.crossings.append(apart(previous, Crossing(x, width, walk, arms), reach))
             x += rng.uniform(60.0, 160.0)
-        holes = sorted((c - h - s, c + h + s) for c, h, s in self.cross)
         half = {-1.0: rng.uniform(3.0, 5.5), 1.0: rng.uniform(2.5, 5.5)}
         self.strip("road", x_range, (-half[-1.0], half[1.0]), 0.0)
-        for c, h, s in self.cross:
-            w.ground("road", (c - h, c + h), (-reach, reach), 0.0)
-            for side in (-1.0, 1.0):
-                y_in = half[side]
-                for x0, x1 in ((c - h - s, c - h), (c + h, c + h + s)):
-                    w.ground("sidewalk", (x0, x1), (side * (y_in + 0.01), side * reach), rng.uniform(0.1, 0.18))
+        for crossing in self.crossings:
+            self.cross_street(crossing, half, reach)
         if rng.random() < 0.5:
+            centre = self.holes(-1.0, 0.0, 0.1) + self.holes(1.0, 0.0, 0.1)
             for x0, x1 in w.segments(on=(3.0, 3.0), off=(6.0, 6.0), clear=(window[0] - 6.0, window[0])):
-                if _clear((x0 + x1) / 2, 1.5, holes):
+                if _clear((x0 + x1) / 2, 1.5, centre):
                     w.ground("lane-marking", (x0, x1), (-0.07, 0.07), 0.01)
         for side in (-1.0, 1.0):
-            self.side(side, half[side], x_range, holes)
+            self.side(side, half[side], x_range)
         self.traffic(half, x_range, window)
 
-    def side(self, side: float, edge: float, x_range: Span, holes: list[Span]) -> None:
+    def cross_street(self, crossing: Crossing, half: dict[float, float], reach: float) -> None:
+        """A cross street's road and sidewalks, ``reach`` metres out on each side it has an arm."""
+        w, rng = self.w, self.rng
+        c, h, s = crossing.x, crossing.half_width, crossing.sidewalk
+        if crossing.arms == STRAIGHT_ACROSS:  # straight across, at right angles (the round-2 world's only kind)
+            w.ground("road", (c - h, c + h), (-reach, reach), 0.0)
+            for side in (-1.0, 1.0):
+                for x0, x1 in ((c - h - s, c - h), (c + h, c + h + s)):
+                    w.ground("sidewalk", (x0, x1), (side * (half[side] + 0.01), side * reach), rng.uniform(0.1, 0.18))
+            return
+        for arm in crossing.arms:
+            kerb = rng.uniform(0.1, 0.18)
+            if arm.skew == 0.0:
+                w.ground("road", (c - h, c + h), (0.0, arm.side * reach), 0.0)
+                for x0, x1 in ((c - h - s, c - h), (c + h, c + h + s)):
+                    w.ground("sidewalk", (x0, x1), (arm.side * (half[arm.side] + 0.01), arm.side * reach), kerb)
+            else:
+                piece = 4.0 if self.pieces else 2 * reach
+                w.static.append(arm_ground(crossing, arm, half[arm.side] + 0.01, reach, kerb, piece))
+
+    def side(self, side: float, edge: float, x_range: Span) -> None:
         w, rng = self.w, self.rng
         y = edge  # distance of the next strip from the centre line
         if rng.random() < 0.25:  # a parking strip with parked cars
             width = rng.uniform(2.2, 2.8)
-            for x0, x1 in _subtract(x_range, holes):
+            for x0, x1 in _subtract(x_range, self.holes(side, y, y + width)):
                 self.strip("parking", (x0, x1), (side * y, side * (y + width)), 0.005)
             car_y, y = y + width / 2, y + width
         elif y >= 4.3:  # a wide road: cars parked on it, along the kerb, clear of the lanes
@@ -210,26 +293,31 @@ class _KittiStreet:
         parked = [RowKind("car", 0.7), RowKind("gap", 0.22), RowKind("truck", 0.03), RowKind("other-vehicle", 0.05)]
         heading = 0.0 if side < 0 else np.pi
         if car_y is not None and rng.random() < 0.85:
-            self.objects_row(parked, (0.5, rng.uniform(2.0, 12.0)), x_range, side * car_y, 0.0, heading, holes, 0.2)
+            self.objects_row(parked, (0.5, rng.uniform(2.0, 12.0)), x_range, side * car_y, 0.0, heading, 0.2)
         kerb = rng.uniform(0.08, 0.18)
         if rng.random() < 0.3:  # grass verge with street trees between road and sidewalk
             verge = rng.uniform(1.0, 2.5)
-            for x0, x1 in _subtract(x_range, holes):
+            for x0, x1 in _subtract(x_range, self.holes(side, y, y + verge)):
                 w.static.append(heightfield((x0, x1), (side * y, side * (y + verge)), kerb - 0.03, 0.03, 0.0, rng))
             trees = [RowKind("tree", 0.6), RowKind("bush", 0.1), RowKind("gap", 0.3)]
-            self.objects_row(trees, (4.0, 12.0), x_range, side * (y + verge / 2), kerb, 0.0, holes)
+            self.objects_row(trees, (4.0, 12.0), x_range, side * (y + verge / 2), kerb, 0.0)
             y += verge
+        elif self.street_trees > 0 and rng.random() < self.street_trees:
+            # trees planted in the sidewalk along the kerb: far down the street their low crowns,
+            # not the facades behind them, are what the beams hit
+            trees = [RowKind("tree", 0.75), RowKind("gap", 0.25)]
+            self.objects_row(trees, (5.0, 10.0), x_range, side * (y + 0.7), kerb, 0.0, 0.1)
         walk = rng.uniform(1.5, 4.5)
-        for x0, x1 in _subtract(x_range, holes):
+        for x0, x1 in _subtract(x_range, self.holes(side, y, y + walk)):
             self.strip("sidewalk", (x0, x1), (side * y, side * (y + walk)), kerb)
         furniture = [RowKind("pole", 0.35), RowKind("traffic-sign", 0.2), RowKind("gap", 0.45)]
-        self.objects_row(furniture, (8.0, 30.0), x_range, side * (y + 0.35), kerb, np.pi if side < 0 else 0.0, holes)
+        self.objects_row(furniture, (8.0, 30.0), x_range, side * (y + 0.35), kerb, np.pi if side < 0 else 0.0)
         people = [RowKind("person", 0.3), RowKind("bicycle", 0.25), RowKind("motorcycle", 0.05), RowKind("gap", 0.4)]
-        self.objects_row(people, (5.0, 40.0), x_range, side * (y + walk * 0.6), kerb, None, holes, walk * 0.3)
+        self.objects_row(people, (5.0, 40.0), x_range, side * (y + walk * 0.6), kerb, None, walk * 0.3)
         y += walk
-        self.front_yard(side, y, kerb, x_range, holes)
+        self.front_yard(side, y, kerb, x_range)
 
-    def front_yard(self, side: float, y: float, kerb: float, x_range: Span, holes: list[Span]) -> None:
+    def front_yard(self, side: float, y: float, kerb: float, x_range: Span) -> None:
         """Grass, hedges, fences, trees and the buildings behind them, each piece of the street its own."""
         w, rng = self.w, self.rng
         x0_all, x1_all = x_range
@@ -242,21 +330,11 @@ class _KittiStreet:
             # An open plot (a park, a field, a garden without a house): grass with trees and bushes far
             # back, buildings, if any, behind it. Real scans see 20–40 m of vegetation and terrain
             # through such gaps, where a wall of facades would hide them.
-            open_depth = rng.uniform(15.0, 35.0) if yard > 0 and rng.random() < 0.3 else 0.0
+            open_depth = rng.uniform(15.0, 35.0) if yard > 0 and rng.random() < self.open_plots else 0.0
             slope = rng.uniform(-0.02, 0.04)
-            for x0, x1 in _subtract(span, holes):
-                if yard > 0:
-                    far = y + yard + open_depth + 25.0  # grass also shows between and behind the buildings
-                    w.static.append(heightfield((x0, x1), (side * y, side * far), kerb - 0.02, 0.08, slope, rng))
-                else:
-                    w.ground(
-                        "other-ground" if rng.random() < 0.3 else "sidewalk",
-                        (x0, x1),
-                        (side * y, side * (y + 30)),
-                        kerb,
-                    )
+            self.yard_ground(side, y, kerb, span, yard, open_depth, slope)
             boundary = rng.choice(["hedge", "fence", "none"], p=[0.45, 0.3, 0.25]) if yard > 0 else "none"
-            for x0, x1 in _subtract(span, holes):
+            for x0, x1 in _subtract(span, self.holes(side, y, y + 2.0)):
                 if boundary == "hedge":
                     w.static.append(hedge((x0, x1), side * (y + 0.5), kerb, rng))
                 elif boundary == "fence":
@@ -268,22 +346,42 @@ class _KittiStreet:
                         panel = Part("box", (x1 - x0, 0.06, height), centre, "fence")
                         w.static.append(LabelledMesh.from_parts([panel], 0))
             if yard > 1.5:
-                green = [RowKind("tree", 0.45), RowKind("bush", 0.35), RowKind("gap", 0.2)]
-                self.objects_row(green, (1.0, 8.0), span, side * (y + yard * 0.5), kerb, 0.0, holes, yard * 0.3)
+                green = self.green(0.45, 0.35, 0.2)
+                self.objects_row(green, (1.0, 8.0), span, side * (y + yard * 0.5), kerb, 0.0, yard * 0.3)
             if open_depth > 0:
                 for row in range(int(open_depth // 6)):
-                    green = [RowKind("tree", 0.35), RowKind("bush", 0.35), RowKind("gap", 0.3)]
+                    green = self.green(0.35, 0.35, 0.3)
                     offset = yard + 3.0 + 6.0 * row
                     ground = kerb - 0.02 + slope * offset  # on the heightfield's slope
-                    self.objects_row(green, (2.0, 10.0), span, side * (y + offset), ground, 0.0, holes, 2.5)
+                    self.objects_row(green, (2.0, 10.0), span, side * (y + offset), ground, 0.0, 2.5)
+                    if self.lush and rng.random() < 0.5:  # a hedgerow of shrubs through the plot
+                        for x0, x1 in _subtract(span, self.holes(side, y + offset + 2.0, y + offset + 4.0)):
+                            start = rng.uniform(x0, x1)
+                            row_span = (start, min(x1, start + rng.uniform(5.0, 25.0)))
+                            w.static.append(hedge(row_span, side * (y + offset + 3.0), ground, rng, (1.2, 3.0)))
                 if rng.random() < 0.5:
-                    self.buildings(side, y + yard + open_depth, span, holes)
+                    self.buildings(side, y + yard + open_depth, span)
             else:
-                self.buildings(side, y + yard + rng.uniform(0.0, 3.0), span, holes)
+                self.buildings(side, y + yard + rng.uniform(0.0, 3.0), span)
 
-    def buildings(self, side: float, front: float, span: Span, holes: list[Span]) -> None:
+    def yard_ground(self, side: float, y: float, kerb: float, span: Span, yard: float, depth: float, slope: float):
+        """The plot's ground out to ``y + yard + depth + 25`` m (grass) or 30 m (paving), around the cross streets."""
         w, rng = self.w, self.rng
-        for x0, x1 in _subtract(span, holes):
+        far = y + yard + depth + 25.0 if yard > 0 else y + 30.0  # grass also shows between and behind the buildings
+        bands = self.bands(side, y, far)
+        phase = rng.uniform(0, 2 * np.pi, 4) if len(bands) > 1 and yard > 0 else None  # one lawn across the bands
+        for near, out in bands:
+            for x0, x1 in _subtract(span, self.holes(side, near, out)):
+                if yard > 0:
+                    top = kerb - 0.02 + slope * (near - y)
+                    w.static.append(heightfield((x0, x1), (side * near, side * out), top, 0.08, slope, rng, phase))
+                else:
+                    paving = "other-ground" if rng.random() < 0.3 else "sidewalk"
+                    w.ground(paving, (x0, x1), (side * near, side * out), kerb)
+
+    def buildings(self, side: float, front: float, span: Span) -> None:
+        w, rng = self.w, self.rng
+        for x0, x1 in _subtract(span, self.holes(side, front, front + 20.0)):
             cursor = x0 + rng.uniform(0.0, 4.0)
             while cursor < x1 - 4.0:
                 width = min(rng.uniform(6.0, 25.0), x1 - cursor)
@@ -349,12 +447,27 @@ def build_kitti_world(
     shaped: bool = False,
     max_grade: float = 0.06,
     porous_fences: bool = False,
+    street_trees: float = 0.0,
+    open_plots: float = 0.3,
+    undergrowth: bool = False,
+    lush: bool = False,
+    skewed_junctions: float = 0.0,
 ) -> World:
     """The street laid out along x, then (``shaped``) bent and sloped by a random :class:`RoadShape`."""
     w = _WorldBuilder(rng, *x_range, window)
     # Ground strips in 4 m pieces follow a bend; the round-2 world (no bends, closed fences: the
     # shipped weights' data) keeps one box per strip, so that its scans stay byte for byte the same.
-    street = _KittiStreet(w, duration, porous_fences, pieces=shaped or porous_fences)
+    street = _KittiStreet(
+        w,
+        duration,
+        porous_fences,
+        shaped or porous_fences,
+        street_trees,
+        open_plots,
+        undergrowth,
+        lush,
+        skewed_junctions,
+    )
     street.build(x_range, window)
     w.x_min, w.x_max = x_range
     straight = w.build()
