@@ -10,7 +10,8 @@ from m2s_training.data.semantic_kitti import Sequence, read_calib
 from m2s_training.synth import TR_LIDAR_TO_CAMERA, SequenceSimulator, generate, get_preset
 from m2s_training.synth.cli import main as synth_main
 from m2s_training.synth.mesh import LabelledMesh, raw_ids
-from m2s_training.synth.world_kitti import _subtract, heightfield, shrub
+from m2s_training.synth.street_parts import heightfield, shrub
+from m2s_training.synth.world_kitti import _subtract
 
 LABELS = load_label_map()
 MOVING_RAW = {252, 253, 254, 255, 256, 257, 258, 259}
@@ -406,7 +407,7 @@ def test_fences_let_beams_through_to_the_yard_behind(kind, through):
     behind the posts; posts and rails pass most; a closed panel none."""
     from m2s_training.synth.mesh import LabelledMesh, Part
     from m2s_training.synth.sensor import Lidar, SensorConfig
-    from m2s_training.synth.world_kitti import fence
+    from m2s_training.synth.street_parts import fence
 
     wall = LabelledMesh.from_parts([Part("box", (20.0, 0.2, 4.0), (0.0, 9.0, 2.0), "building")], 0)
     for seed in range(3):
