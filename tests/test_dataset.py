@@ -188,6 +188,22 @@ def test_ground_warp_bends_a_flat_road_smoothly_and_leaves_the_sensor_where_it_i
     np.testing.assert_array_equal(bent[:, :2], road[:, :2])  # only the height changes
 
 
+def test_range_noise_moves_points_along_their_beams_by_a_sigma_drawn_per_scan():
+    points = _cloud(5000)
+    sigmas = []
+    for seed in range(40):
+        moved = augment(points, AugmentConfig(**PLAIN, range_noise=0.05), np.random.default_rng(seed))
+        a, b = points[:, :3].astype(np.float64), moved[:, :3].astype(np.float64)
+        # along the beam: the direction from the sensor stays, only the distance changes
+        np.testing.assert_allclose(np.cross(a, b) / np.linalg.norm(a, axis=1, keepdims=True) ** 2, 0.0, atol=1e-5)
+        sigmas.append(np.std(np.linalg.norm(b, axis=1) - np.linalg.norm(a, axis=1)))
+        np.testing.assert_array_equal(moved[:, 3], points[:, 3])
+    sigmas = np.array(sigmas)
+    # σ ~ U(0, 5 cm) per scan: all within it, spread over it (mean 2.5 cm)
+    assert sigmas.max() <= 0.05 * 1.05 and sigmas.min() < 0.01 and sigmas.max() > 0.04
+    assert 0.018 < sigmas.mean() < 0.032
+
+
 def test_remission_gain_and_noise_keep_zero_returns_zero_and_stay_in_range():
     points = _cloud()
     config = AugmentConfig(**PLAIN, remission_scale=(1.5, 1.5), remission_noise=0.0)

@@ -45,6 +45,9 @@ class AugmentConfig:
     # metres: bend the scene by two smooth height waves (wavelengths 15–60 m, random directions), as
     # real roads rise, fall and are cambered where synthetic ground is flat
     ground_warp: float = 0.0
+    # metres: noise along each beam with a σ drawn per scan from [0, range_noise], so that how rough
+    # a surface looks (which differs between simulation and a real sensor) is no cue to its class
+    range_noise: float = 0.0
 
 
 @dataclass
@@ -111,6 +114,10 @@ def collate(samples: list[Sample]) -> Batch:
 def augment(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Rotate about z, flip, scale and jitter x, y, z; remission and point order are kept."""
     xyz = points[:, :3].astype(np.float64)
+    if config.range_noise > 0:  # along the beams, from the sensor at the origin
+        sigma = rng.uniform(0.0, config.range_noise)
+        distance = np.maximum(np.linalg.norm(xyz, axis=1, keepdims=True), 1e-3)
+        xyz *= 1.0 + rng.normal(0.0, sigma, (len(xyz), 1)) / distance
     if config.rotate:
         angle = rng.uniform(0.0, 2.0 * np.pi)
         c, s = np.cos(angle), np.sin(angle)
