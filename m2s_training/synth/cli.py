@@ -10,8 +10,9 @@ import numpy as np
 from tqdm import tqdm
 
 from m2s_perception.labels import load_label_map
+from m2s_perception.typed_config import ConfigError
 from m2s_training.synth.generator import SequenceSummary, sequence_name, write_sequence
-from m2s_training.synth.presets import PRESETS, get_preset
+from m2s_training.synth.presets import PRESETS, get_preset, with_settings
 from m2s_training.synth.sensor import Scan
 
 
@@ -49,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
         help="keep every Nth sweep (scans N × 0.1 s apart): more street per scan for single-scan "
         "training; keep 1 for multi-scan fusion (teacher, distill, m2skd), which needs consecutive sweeps",
     )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one setting of the preset, e.g. porous_fences=true, skewed_junctions=0.5 or "
+        "sensor.range_noise=0.005 (repeatable; fields in m2s_training/synth/presets.py and sensor.py)",
+    )
     parser.add_argument("--preview", type=Path, help="also write a bird's-eye-view PNG of the first scan")
     return parser
 
@@ -60,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} exists and is not a directory")
     if len(set(args.sequences)) != len(args.sequences):
         parser.error(f"--sequences lists a sequence twice: {' '.join(args.sequences)}")
-    preset = get_preset(args.preset)
+    try:
+        preset = with_settings(get_preset(args.preset), args.settings)
+    except ConfigError as error:
+        parser.error(str(error))
     scans = args.scans or preset.scans
     label_map = load_label_map()
     first_scan: list[Scan] = []
