@@ -62,7 +62,7 @@ def test_a_skewed_arm_is_road_along_its_centre_line_with_sidewalks_beside_it():
     checked = 0
     for seed in range(6):
         w = _WorldBuilder(np.random.default_rng(seed), -90.0, 400.0, (-5.0, 300.0))
-        street = _KittiStreet(w, 30.0, porous_fences=True, pieces=True, skewed_junctions=1.0)
+        street = _KittiStreet(w, 30.0, porous_fences=True, in_pieces=True, skewed_junctions=1.0)
         street.build((-90.0, 400.0), (-5.0, 300.0))
         scene = _MeshScene(w.build().static)
         for crossing in street.crossings:

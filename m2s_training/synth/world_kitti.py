@@ -33,16 +33,16 @@ Span = tuple[float, float]
 
 def _subtract(span: Span, holes: list[Span]) -> list[Span]:
     """``span`` minus the ``holes`` (sorted, disjoint), as a list of pieces."""
-    pieces, start = [], span[0]
+    kept, start = [], span[0]
     for h0, h1 in holes:
         if h1 <= start or h0 >= span[1]:
             continue
         if h0 > start:
-            pieces.append((start, h0))
+            kept.append((start, h0))
         start = max(start, h1)
     if start < span[1]:
-        pieces.append((start, span[1]))
-    return pieces
+        kept.append((start, span[1]))
+    return kept
 
 
 def _clear(x: float, half: float, holes: list[Span]) -> bool:
@@ -55,7 +55,7 @@ class _KittiStreet:
         w: _WorldBuilder,
         duration: float,
         porous_fences: bool,
-        pieces: bool,
+        in_pieces: bool,
         street_trees: float = 0.0,
         open_plots: float = 0.3,
         undergrowth: bool = False,
@@ -63,7 +63,8 @@ class _KittiStreet:
         skewed_junctions: float = 0.0,
     ):
         self.w, self.rng, self.duration = w, w.rng, duration
-        self.porous_fences, self.pieces = porous_fences, pieces
+        # ground in pieces of at most 4 m, which a bent street (RoadShape) can carry
+        self.porous_fences, self.in_pieces = porous_fences, in_pieces
         self.street_trees, self.open_plots = street_trees, open_plots
         self.undergrowth, self.lush = undergrowth, lush
         self.skewed_junctions = skewed_junctions  # > 0: T-junctions, and arms skewed with this probability
@@ -85,7 +86,7 @@ class _KittiStreet:
 
     def strip(self, semantic: str, x: Span, y: Span, top: float) -> None:
         """A ground strip along x; for a bent street (``RoadShape``) in pieces of at most 4 m, to follow it."""
-        for x0, x1 in pieces(x) if self.pieces else [x]:
+        for x0, x1 in pieces(x) if self.in_pieces else [x]:
             self.w.ground(semantic, (x0, x1), y, top)
 
     def holes(self, side: float, near: float, far: float) -> list[Span]:
@@ -148,7 +149,7 @@ class _KittiStreet:
                 for x0, x1 in ((c - h - s, c - h), (c + h, c + h + s)):
                     w.ground("sidewalk", (x0, x1), (arm.side * (half[arm.side] + 0.01), arm.side * reach), kerb)
             else:
-                piece = 4.0 if self.pieces else 2 * reach
+                piece = 4.0 if self.in_pieces else 2 * reach
                 w.static.append(arm_ground(crossing, arm, half[arm.side] + 0.01, reach, kerb, piece))
 
     def side(self, side: float, edge: float, x_range: Span) -> None:
