@@ -56,13 +56,16 @@ def test_a_skewed_arm_is_road_along_its_centre_line_with_sidewalks_beside_it():
     arm's centre line (x = c + d·tan(skew) at distance d) they land on road, 1 m inside its sidewalks
     on sidewalk; nothing of the main street's sides (yards, hedges, buildings) stands in the way."""
     o3d = pytest.importorskip("m2s_training.synth.o3d").open3d
+    from m2s_training.synth.presets import get_preset, with_settings
     from m2s_training.synth.sensor import _MeshScene
     from m2s_training.synth.world_kitti import _KittiStreet, _WorldBuilder
 
     checked = 0
     for seed in range(6):
         w = _WorldBuilder(np.random.default_rng(seed), -90.0, 400.0, (-5.0, 300.0))
-        street = _KittiStreet(w, 30.0, porous_fences=True, in_pieces=True, skewed_junctions=1.0)
+        street = _KittiStreet(
+            w, 30.0, with_settings(get_preset("kitti"), ["porous_fences=true", "skewed_junctions=1.0"]), in_pieces=True
+        )
         street.build((-90.0, 400.0), (-5.0, 300.0))
         scene = _MeshScene(w.build().static)
         for crossing in street.crossings:

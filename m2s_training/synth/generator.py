@@ -81,18 +81,7 @@ class SequenceSimulator:
             x_range=(-reach, path_end + reach), window=(-5.0, path_end + 25.0), duration=float(self.times[-1]) + 1.0
         )
         if preset.world == "kitti":
-            self.world: World = build_kitti_world(
-                np.random.default_rng(seeds[0]),
-                **layout,
-                shaped=preset.shaped_roads,
-                max_grade=preset.max_grade,
-                porous_fences=preset.porous_fences,
-                street_trees=preset.street_trees,
-                open_plots=preset.open_plots,
-                undergrowth=preset.undergrowth,
-                lush=preset.lush,
-                skewed_junctions=preset.skewed_junctions,
-            )
+            self.world: World = build_kitti_world(np.random.default_rng(seeds[0]), **layout, preset=preset)
         else:
             self.world = build_world(np.random.default_rng(seeds[0]), **layout)
         if self.world.shape is not None:  # the street turns and climbs: the car follows it

@@ -90,7 +90,7 @@ def with_settings(preset: Preset, settings: list[str]) -> Preset:
     """``preset`` with ``KEY=VALUE`` settings (``m2s-synth --set``): a field of the preset, or of its
     sensor as ``sensor.KEY``; values read as YAML and type-checked like any m2s config."""
     from m2s_perception.typed_config import from_dict, to_dict
-    from m2s_training.config import parse_overrides, set_values
+    from m2s_training.config import parse_overrides, set_values  # here: it imports torch, presets need not
 
     values = parse_overrides(settings)
     return from_dict(Preset, set_values(to_dict(preset), values), "preset")

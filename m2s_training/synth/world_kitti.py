@@ -18,6 +18,7 @@ hedges and fences come from ``street_parts.py``.
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from m2s_training.synth.mesh import LabelledMesh, Part
 from m2s_training.synth.road_shape import RoadShape
 from m2s_training.synth.street_parts import STREET_OBJECTS, fence, hedge, heightfield, pieces
 from m2s_training.synth.world import EGO_LANE_Y, RowKind, World, _WorldBuilder
+
+if TYPE_CHECKING:
+    from m2s_training.synth.presets import Preset
 
 Span = tuple[float, float]
 
@@ -50,36 +54,22 @@ def _clear(x: float, half: float, holes: list[Span]) -> bool:
 
 
 class _KittiStreet:
-    def __init__(
-        self,
-        w: _WorldBuilder,
-        duration: float,
-        porous_fences: bool,
-        in_pieces: bool,
-        street_trees: float = 0.0,
-        open_plots: float = 0.3,
-        undergrowth: bool = False,
-        lush: bool = False,
-        skewed_junctions: float = 0.0,
-    ):
+    def __init__(self, w: _WorldBuilder, duration: float, preset: Preset, in_pieces: bool):
         self.w, self.rng, self.duration = w, w.rng, duration
-        # ground in pieces of at most 4 m, which a bent street (RoadShape) can carry
-        self.porous_fences, self.in_pieces = porous_fences, in_pieces
-        self.street_trees, self.open_plots = street_trees, open_plots
-        self.undergrowth, self.lush = undergrowth, lush
-        self.skewed_junctions = skewed_junctions  # > 0: T-junctions, and arms skewed with this probability
+        self.preset = preset  # its world settings: porous_fences, street_trees, open_plots, … (presets.py)
+        self.in_pieces = in_pieces  # ground in pieces of at most 4 m, which a bent street (RoadShape) can carry
         self.crossings: list[Crossing] = []
         self.road_parking = {-1.0: False, 1.0: False}
 
     def green(self, tree: float, bush: float, gap: float) -> list[RowKind]:
         """Kinds of a row of garden or park plants: trees, bushes and gaps; with ``undergrowth`` about
         a quarter of the plants are low shrubs, with ``lush`` half of the trees keep low crowns."""
-        if not self.undergrowth:
+        if not self.preset.undergrowth:
             kinds = [RowKind("tree", tree), RowKind("bush", bush), RowKind("gap", gap)]
         else:
             kinds = [RowKind("tree", tree * 0.75), RowKind("bush", bush * 0.75), RowKind("shrub", 0.25)]
             kinds.append(RowKind("gap", gap))
-        if self.lush:
+        if self.preset.lush:
             trees = kinds[0].probability / 2
             kinds = [RowKind("tree", trees), *kinds[1:], RowKind("low-tree", trees)]
         return kinds
@@ -115,7 +105,9 @@ class _KittiStreet:
         x = window[0] + rng.uniform(-15.0, 20.0) if rng.random() < 0.6 else window[0] + rng.uniform(30, 90)
         while x < x_range[1]:
             width, walk = rng.uniform(3.0, 5.0), rng.uniform(1.5, 3.5)
-            arms = random_arms(rng, self.skewed_junctions) if self.skewed_junctions > 0 else STRAIGHT_ACROSS
+            arms = (
+                random_arms(rng, self.preset.skewed_junctions) if self.preset.skewed_junctions > 0 else STRAIGHT_ACROSS
+            )
             previous = self.crossings[-1] if self.crossings else None
             self.crossings.append(apart(previous, Crossing(x, width, walk, arms), reach))
             x += rng.uniform(60.0, 160.0)
@@ -177,7 +169,7 @@ class _KittiStreet:
             trees = [RowKind("tree", 0.6), RowKind("bush", 0.1), RowKind("gap", 0.3)]
             self.objects_row(trees, (4.0, 12.0), x_range, side * (y + verge / 2), kerb, 0.0)
             y += verge
-        elif self.street_trees > 0 and rng.random() < self.street_trees:
+        elif self.preset.street_trees > 0 and rng.random() < self.preset.street_trees:
             # trees planted in the sidewalk along the kerb: far down the street their low crowns,
             # not the facades behind them, are what the beams hit
             trees = [RowKind("tree", 0.75), RowKind("gap", 0.25)]
@@ -205,7 +197,7 @@ class _KittiStreet:
             # An open plot (a park, a field, a garden without a house): grass with trees and bushes far
             # back, buildings, if any, behind it. Real scans see 20–40 m of vegetation and terrain
             # through such gaps, where a wall of facades would hide them.
-            open_depth = rng.uniform(15.0, 35.0) if yard > 0 and rng.random() < self.open_plots else 0.0
+            open_depth = rng.uniform(15.0, 35.0) if yard > 0 and rng.random() < self.preset.open_plots else 0.0
             slope = rng.uniform(-0.02, 0.04)
             self.yard_ground(side, y, kerb, span, yard, open_depth, slope)
             boundary = rng.choice(["hedge", "fence", "none"], p=[0.45, 0.3, 0.25]) if yard > 0 else "none"
@@ -213,7 +205,7 @@ class _KittiStreet:
                 if boundary == "hedge":
                     w.static.append(hedge((x0, x1), side * (y + 0.5), kerb, rng))
                 elif boundary == "fence":
-                    if self.porous_fences:
+                    if self.preset.porous_fences:
                         w.static.append(fence((x0, x1), side * (y + 0.3), kerb, rng))
                     else:  # a closed panel, one box (the round-2 world of the shipped weights)
                         height = rng.uniform(0.8, 2.0)
@@ -229,7 +221,7 @@ class _KittiStreet:
                     offset = yard + 3.0 + 6.0 * row
                     ground = kerb - 0.02 + slope * offset  # on the heightfield's slope
                     self.objects_row(green, (2.0, 10.0), span, side * (y + offset), ground, 0.0, 2.5)
-                    if self.lush and rng.random() < 0.5:  # a hedgerow of shrubs through the plot
+                    if self.preset.lush and rng.random() < 0.5:  # a hedgerow of shrubs through the plot
                         for x0, x1 in _subtract(span, self.holes(side, y + offset + 2.0, y + offset + 4.0)):
                             start = rng.uniform(x0, x1)
                             row_span = (start, min(x1, start + rng.uniform(5.0, 25.0)))
@@ -314,42 +306,20 @@ class _KittiStreet:
                 cursor += rng.uniform(10.0, 50.0)
 
 
-def build_kitti_world(
-    rng: np.random.Generator,
-    x_range: Span,
-    window: Span,
-    duration: float,
-    shaped: bool = False,
-    max_grade: float = 0.06,
-    porous_fences: bool = False,
-    street_trees: float = 0.0,
-    open_plots: float = 0.3,
-    undergrowth: bool = False,
-    lush: bool = False,
-    skewed_junctions: float = 0.0,
-) -> World:
-    """The street laid out along x, then (``shaped``) bent and sloped by a random :class:`RoadShape`."""
+def build_kitti_world(rng: np.random.Generator, x_range: Span, window: Span, duration: float, preset: Preset) -> World:
+    """The street of ``preset``'s world settings laid out along x, then (``shaped_roads``) bent and
+    sloped by a random :class:`RoadShape`."""
     w = _WorldBuilder(rng, *x_range, window)
     # Ground strips in 4 m pieces follow a bend; the round-2 world (no bends, closed fences: the
     # shipped weights' data) keeps one box per strip, so that its scans stay byte for byte the same.
-    street = _KittiStreet(
-        w,
-        duration,
-        porous_fences,
-        shaped or porous_fences,
-        street_trees,
-        open_plots,
-        undergrowth,
-        lush,
-        skewed_junctions,
-    )
+    street = _KittiStreet(w, duration, preset, in_pieces=preset.shaped_roads or preset.porous_fences)
     street.build(x_range, window)
     w.x_min, w.x_max = x_range
     straight = w.build()
-    if not shaped:
+    if not preset.shaped_roads:
         return straight
     # far enough beyond the street's end for the movers, which keep driving for ``duration``
-    shape = RoadShape.random(rng, (x_range[0] - 50.0, x_range[1] + 300.0), max_grade)
+    shape = RoadShape.random(rng, (x_range[0] - 50.0, x_range[1] + 300.0), preset.max_grade)
     return World(shape.apply_mesh(straight.static), straight.movers, shape)
 
 
