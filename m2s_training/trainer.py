@@ -44,13 +44,13 @@ from m2s_perception.models import ModelOutput, build_model
 from m2s_training.atomic import remove_stale_temporaries, write_text_atomic
 from m2s_training.averaging import WeightAverage, recalibrate_batch_norm
 from m2s_training.checkpoint import save_checkpoint
-from m2s_training.config import OptimConfig, TrainConfig, check_resumable, config_to_dict, with_absolute_paths
-from m2s_training.data.dataset import Batch, SemanticKittiDataset, make_loader
-from m2s_training.data.semantic_kitti import existing_split
+from m2s_training.config import TrainConfig, check_resumable, config_to_dict, with_absolute_paths
+from m2s_training.data.dataset import Batch, make_loader
 from m2s_training.distributed import ResumableSampler, init_distributed, rank_device
 from m2s_training.losses import SegmentationLoss, class_weights_from_counts
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 from m2s_training.reporting import CsvLog, plot_curves
+from m2s_training.run_setup import build_datasets, build_extra_loss, lr_factor
 from m2s_training.seeding import rng_state, seed_everything, seeded_generator, set_rng_state
 
 RUN_FILES = ("last.pt", "best.pt", "averaged.pt", "log.csv", "curves.png", "config.yaml")
@@ -92,7 +92,7 @@ class Trainer:
         seed_everything(config.train.seed)
         self.use_amp = config.train.amp and self.device.type == "cuda"
 
-        self.train_set, self.val_set = self._datasets(Path(data_root))
+        self.train_set, self.val_set = build_datasets(config, Path(data_root), self.label_map)
         self.sampler = ResumableSampler(
             self.train_set, self.ddp.world_size, self.ddp.rank, shuffle=True, seed=config.train.seed
         )
@@ -103,7 +103,9 @@ class Trainer:
         self.model = build_model(config.model).to(self.device)
         self.class_weights = class_weights_from_counts(self.train_set.label_counts(), config.loss.class_weight_power)
         self.criterion = SegmentationLoss(self.class_weights, config.loss).to(self.device)
-        self.extra_loss = self._extra_loss()
+        self.extra_loss = build_extra_loss(
+            config, self.model, self.label_map, self.class_weights, self.device, self.ddp
+        )
         self.ddp_model: nn.Module = self.model
         if self.ddp.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -132,52 +134,6 @@ class Trainer:
             command = f"# m2s-train --config config.yaml --data {data_root} --out {self.out_dir} --device {device}\n"
             text = command + yaml.safe_dump(config_to_dict(config), sort_keys=False)
             write_text_atomic(self.out_dir / "config.yaml", text)
-
-    # --- setup ---
-
-    def _datasets(self, root: Path) -> tuple[SemanticKittiDataset, SemanticKittiDataset]:
-        config, data = self.config, self.config.data
-        fuser = None
-        if self.mode in ("teacher", "distill", "m2skd") and config.fusion is not None:
-            from m2s_training.fusion import MultiScanFuser
-
-            fuser = MultiScanFuser(**vars(config.fusion), label_map=self.label_map)
-        train_sequences = existing_split(root, data.train_split, self.label_map)
-        val_sequences = existing_split(root, data.val_split, self.label_map)
-        train = SemanticKittiDataset(
-            root,
-            train_sequences,
-            self.label_map,
-            config.augment,
-            fuser,
-            data.max_train_scans,
-            config.train.seed,
-            data.max_train_points,
-        )
-        val_fuser = fuser if self.mode == "teacher" else None  # a teacher is judged on the input it will get
-        val = SemanticKittiDataset(root, val_sequences, self.label_map, None, val_fuser, data.max_val_scans)
-        return train, val
-
-    def _extra_loss(self) -> nn.Module | None:
-        if self.mode == "m2skd":
-            if self.ddp.enabled:  # the teacher view's forward bypasses DDP: its gradients would not be synced
-                raise ValueError("m2skd mode runs on one process; start m2s-train without torchrun")
-            from m2s_training.m2skd import JointM2skd
-
-            return JointM2skd(self.model, self.label_map.num_classes, self.config.m2skd)
-        if self.mode != "distill":
-            return None
-        from m2s_training.distill import build_distiller
-
-        return build_distiller(
-            self.config.distill,
-            self.config.train.teacher,
-            self.config.model,
-            self.device,
-            class_weights=self.class_weights,
-            label_map=self.label_map,
-            seed=self.config.train.seed + self.ddp.rank,
-        ).to(self.device)
 
     # --- checkpoints ---
 
@@ -413,15 +369,6 @@ class Trainer:
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-
-def lr_factor(step: int, total_steps: int, optim: OptimConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
-    if step < optim.warmup_steps:
-        return (step + 1) / optim.warmup_steps
-    progress = (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * cosine
 
 
 def _describe(terms: dict[str, torch.Tensor]) -> str:
