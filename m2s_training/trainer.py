@@ -13,7 +13,8 @@
 
 Runs under ``torchrun`` use DDP (gloo on CPU, nccl on CUDA); only rank 0 writes. ``OUT/last.pt``
 holds everything needed to continue exactly (model, optimizer, scheduler, scaler, step, RNG, the
-config it ran with); ``OUT/best.pt`` is the model with the best validation mIoU; ``OUT/averaged.pt``
+config it ran with); ``OUT/best.pt`` is the model with the best validation mIoU; ``OUT/final.pt`` the
+model at the last step without the optimiser state (what the sim-to-real recipe ships); ``OUT/averaged.pt``
 the mean of the last steps' weights (``optim.average_from``); ``OUT/config.yaml``
 the config (``m2s-train --config OUT/config.yaml`` repeats the run). ``OUT/log.csv`` has one row per
 logged value (step, epoch, split, name, value) and ``OUT/curves.png`` plots it.
@@ -53,7 +54,7 @@ from m2s_training.reporting import CsvLog, plot_curves
 from m2s_training.run_setup import build_datasets, build_extra_loss, lr_factor
 from m2s_training.seeding import rng_state, seed_everything, seeded_generator, set_rng_state
 
-RUN_FILES = ("last.pt", "best.pt", "averaged.pt", "log.csv", "curves.png", "config.yaml")
+RUN_FILES = ("last.pt", "best.pt", "final.pt", "averaged.pt", "log.csv", "curves.png", "config.yaml")
 
 
 class Trainer:
@@ -286,6 +287,10 @@ class Trainer:
         if self.ddp.is_main:
             minutes = (time.monotonic() - started) / 60
             print(f"{self.mode}: {self.step} steps in {minutes:.1f} min; best val mIoU {self.best_miou:.4f}")
+        if self.step >= self.total_steps and self.ddp.is_main:
+            # the last step's weights with what inference needs only (the last validation ran at this step)
+            final = {"val_miou": metrics.miou} if metrics is not None else {}
+            self._save(self.out_dir / "final.pt", with_state=False, **final)
         if self.average is not None and self.step >= self.total_steps:
             self._save_average()
         return metrics

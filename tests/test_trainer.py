@@ -81,13 +81,19 @@ def test_polar_student_loss_falls_and_writes_a_run(synth, tmp_path):
     losses = train_losses(out)
     assert len(losses) == 6
     assert losses[-1] < 0.8 * losses[0], losses
-    for name in ("last.pt", "best.pt", "log.csv", "curves.png", "config.yaml"):
+    for name in ("last.pt", "best.pt", "final.pt", "log.csv", "curves.png", "config.yaml"):
         assert (out / name).stat().st_size > 0, name
     names = {r["name"] for r in CsvLog.read(out / "log.csv")}
     assert {"ce", "lovasz", "loss", "lr", "miou", "hard_miou", "accuracy"} <= names
     best = read_checkpoint(out / "best.pt")
     assert best["meta"]["val_miou"] == pytest.approx(metrics.miou) and "training_state" not in best
-    assert read_checkpoint(out / "last.pt")["training_state"]["step"] == 12
+    last, final = read_checkpoint(out / "last.pt"), read_checkpoint(out / "final.pt")
+    assert last["training_state"]["step"] == 12
+    # final.pt: last.pt's weights, without the optimiser state
+    assert final["meta"]["step"] == 12 and "training_state" not in final
+    assert final["meta"]["val_miou"] == pytest.approx(metrics.miou)  # validation runs at the last step
+    assert final["state_dict"].keys() == last["state_dict"].keys()
+    assert all(torch.equal(final["state_dict"][k], v) for k, v in last["state_dict"].items())
     prediction = Segmenter.from_checkpoint(out / "best.pt", "cpu").predict(np.ones((5, 4), np.float32))
     assert prediction.labels.shape == (5,) and prediction.labels.min() >= 1
     # the run's config.yaml reloads into the same config
@@ -153,7 +159,8 @@ def test_ddp_two_cpu_processes(synth, tmp_path):
     # 4 training scans, 2 ranks × batch 2: one step per epoch (a single process would need two)
     checkpoint = read_checkpoint(out / "last.pt")
     assert checkpoint["training_state"]["step"] == 1
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "curves.png", "last.pt", "log.csv"]
+    names = ["best.pt", "config.yaml", "curves.png", "final.pt", "last.pt", "log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == names
 
 
 def tiny_teacher(tmp_path: Path) -> Path:
