@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_backbones.py [--points 120000] [--repeats 5] [--device cpu cuda]
     .venv/bin/python bench/bench_backbones.py --backbones --backends torch onnxruntime openvino \
-        [--threads 2] [--checkpoint m2s_perception/weights/demo_student.pt] [--real ../shared/real]
+        [--threads 2] [--checkpoint m2s_perception/weights/demo_student.pt [OTHER.pt ...]] [--real ../shared/real]
 
 The scan is a synthetic 64-beam spinning LiDAR (HDL-64-like elevations) looking at a ground plane
 and a ring of walls, so its density falls with range like a real scan. Timing covers the whole
@@ -13,9 +13,10 @@ runs it: inference mode, fp16 autocast on CUDA. Prints a Markdown table.
 one run, round-robin so that load from other processes hits all alike, against the path every
 Segmenter took before the engines: the training ``PolarNet.forward`` + argmax ("torch-train").
 It prints the ratio and the share of points whose label equals that path's (float32 CPU). The
-model is ``--checkpoint`` or a randomly initialised polar student (config/model_polar.yaml,
-width 0.5); ``--real DIR`` adds every ``*.bin`` scan under DIR (SemanticKITTI x y z remission;
-nuScenes ``*.pcd.bin`` x y z intensity ring, intensity / 255), for evaluation only.
+model is ``--checkpoint`` (several: one table each, in turn, in the same run) or a randomly
+initialised polar student (config/model_polar.yaml, width 0.5); ``--real DIR`` adds every
+``*.bin`` scan under DIR (SemanticKITTI x y z remission; nuScenes ``*.pcd.bin`` x y z intensity
+ring, intensity / 255), for evaluation only.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def main() -> None:
     parser.add_argument("--widths", nargs=2, type=float, default=[1.0, 0.5], metavar=("TEACHER", "STUDENT"))
     parser.add_argument("--backends", nargs="*", default=[], help="engines to time (torch onnxruntime openvino)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for every engine (0: library default)")
-    parser.add_argument("--checkpoint", type=Path, help="engine section: a polar checkpoint (default: random)")
+    parser.add_argument(
+        "--checkpoint", type=Path, nargs="*", default=[None], help="engine section: polar checkpoints (default: random)"
+    )
     parser.add_argument("--real", type=Path, help="engine section: also every *.bin scan under this folder")
     args = parser.parse_args()
     if args.threads:
@@ -120,7 +123,8 @@ def main() -> None:
         for path in sorted(args.real.rglob("*.bin")) if args.real else []:
             scans[path.name] = read_scan(path)
         for device in devices:
-            compare_backends(args.backends, args.checkpoint, device, scans, args.repeats, args.threads)
+            for checkpoint in args.checkpoint or [None]:
+                compare_backends(args.backends, checkpoint, device, scans, args.repeats, args.threads)
 
 
 def read_scan(path: Path) -> np.ndarray:
