@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from m2s_perception.binning import BinnedScan
-from m2s_perception.models.polar_fused import FusedPolarNet
+from m2s_perception.models.polar_fused import FusedPolarEnsemble, FusedPolarNet
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 
@@ -45,7 +45,7 @@ class EngineOutput:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, network: FusedPolarNet, device: torch.device, fp16: bool):
+    def __init__(self, network: FusedPolarNet | FusedPolarEnsemble, device: torch.device, fp16: bool):
         self.network = network.to(device).eval()
         self.device, self.fp16 = device, fp16
         self.version = torch.__version__

@@ -28,7 +28,7 @@ from m2s_perception.models import ModelConfig, build_model
 CHECKPOINT_FORMAT = "m2s-checkpoint/1"
 MAX_CHECKPOINT_BYTES = 4 << 30  # uncompressed archive size; the largest m2s teacher is ~100 MB
 # Bounds on model_config far above any m2s model (teacher: width 1, 480×360×32 cells, 4 levels).
-LIMITS = {"width": 16.0, "grid_cells": 1 << 26, "levels": 8, "channels": 4096, "num_classes": 1024}
+LIMITS = {"width": 16.0, "grid_cells": 1 << 26, "levels": 8, "channels": 4096, "num_classes": 1024, "members": 16}
 
 
 class CheckpointError(ValueError):
@@ -150,6 +150,8 @@ def _check_limits(path: str | Path, config: ModelConfig) -> None:
         problems.append(f"levels {config.levels} > {LIMITS['levels']}")
     if max((*config.point_channels, config.base_channels)) > LIMITS["channels"]:
         problems.append(f"point_channels/base_channels above {LIMITS['channels']}")
+    if config.members > LIMITS["members"]:
+        problems.append(f"members {config.members} > {LIMITS['members']}")
     if config.num_classes > LIMITS["num_classes"]:
         problems.append(f"num_classes {config.num_classes} > {LIMITS['num_classes']}")
     if problems:

@@ -35,7 +35,7 @@ from m2s_perception.backends import _import_engine
 from m2s_perception.binning import PolarBinning
 from m2s_perception.checkpoint import load_model
 from m2s_perception.models import ModelConfig
-from m2s_perception.models.polar_fused import FusedPolarNet
+from m2s_perception.models.polar_fused import FusedPolarEnsemble, FusedPolarNet, fuse_polar
 
 OPSET = 18  # ScatterElements / ScatterND reduction="max" need 18
 INPUTS = ("features", "point_cell", "point_voxel", "cells")
@@ -47,13 +47,15 @@ class ExportError(ValueError):
     """A model that cannot become an ONNX file; the message says why."""
 
 
-def fused_network(model: torch.nn.Module, config: ModelConfig, pooling: str = "elements") -> FusedPolarNet:
+def fused_network(
+    model: torch.nn.Module, config: ModelConfig, pooling: str = "elements"
+) -> FusedPolarNet | FusedPolarEnsemble:
     if config.backbone != "polar":
         raise ExportError(
             f"the {config.backbone!r} backbone cannot be exported: its sparse 3D convolutions (spconv) have "
             "no ONNX form. Only polar checkpoints export; run this one with backend 'torch'."
         )
-    return FusedPolarNet(model.eval(), pooling).cpu().eval()
+    return fuse_polar(model.eval(), pooling).cpu().eval()
 
 
 def export_onnx(

@@ -20,7 +20,7 @@ from m2s_perception.binning import PolarBinning
 from m2s_perception.checkpoint import CheckpointError, load_model, resolve_device
 from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
 from m2s_perception.models import ModelConfig
-from m2s_perception.models.polar_fused import FusedPolarNet
+from m2s_perception.models.polar_fused import fuse_polar
 
 # The largest scan a TensorRT engine is built for (m2s-segment's max_points default).
 TENSORRT_MAX_POINTS = 500_000
@@ -78,7 +78,7 @@ class Segmenter:
         elif backend == "torch":
             if self.model is None:
                 raise ValueError("an exported .onnx model runs with backend 'onnxruntime' or 'openvino', not 'torch'")
-            self.engine = TorchBackend(FusedPolarNet(self.model), self.device, self.fp16)
+            self.engine = TorchBackend(fuse_polar(self.model), self.device, self.fp16)
         else:
             if onnx_model is None:
                 from m2s_perception.export import export_onnx

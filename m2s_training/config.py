@@ -212,6 +212,11 @@ class TrainConfig:
             raise ValueError(f"{mode} mode needs a 'fusion:' section (MultiScanFuser settings) in the config")
         if self.train.mode == "distill" and not self.train.teacher:
             raise ValueError("distill mode needs a teacher checkpoint: --teacher CKPT (train.teacher)")
+        if self.model.members != 1:
+            raise ValueError(
+                f"model.members is {self.model.members}: an ensemble is not trained as one; train each member "
+                "(train.seed) and assemble their checkpoints with m2s-ensemble"
+            )
 
     def load_label_map(self) -> LabelMap:
         return load_label_map(self.label_map)

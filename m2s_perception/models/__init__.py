@@ -37,6 +37,9 @@ class ModelConfig:
     # A point branch (PVKD), both backbones: per-point logits from each point's own features and its
     # voxel's decoder feature, added to the voxel logits. Off: every point copies its voxel's logits.
     point_branch: bool = False
+    # An ensemble (inference only, assembled by m2s-ensemble from trained checkpoints): this many
+    # networks of this config, class probabilities averaged (m2s_perception/models/ensemble.py).
+    members: int = 1
 
     def __post_init__(self) -> None:
         self.grid_size = tuple(int(v) for v in self.grid_size)
@@ -55,6 +58,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {(low, high)}")
         if self.rho_range[0] < 0:
             raise ValueError(f"rho_range must start at or above 0 m, got {self.rho_range}")
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {self.members}")
         if self.num_classes < 2 or self.levels < 1 or not self.point_channels:
             raise ValueError("num_classes >= 2, levels >= 1 and at least one point channel are required")
 
@@ -107,6 +112,10 @@ def point_head(config: ModelConfig, in_channels: int) -> nn.Module | None:
 
 
 def build_model(config: ModelConfig) -> nn.Module:
+    if config.members > 1:
+        from m2s_perception.models.ensemble import Ensemble
+
+        return Ensemble(config)
     if config.backbone == "polar":
         from m2s_perception.models.polar import PolarNet
 

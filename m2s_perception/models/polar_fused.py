@@ -1,7 +1,8 @@
 """The polar network for inference: BatchNorm folded away, integer bins as inputs, labels as outputs.
 
 ``FusedPolarNet(PolarNet)`` computes the same point logits as ``PolarNet.forward`` (up to float
-rounding) from what ``m2s_perception.binning.PolarBinning`` gives it. It is what every inference
+rounding) from what ``m2s_perception.binning.PolarBinning`` gives it (``FusedPolarEnsemble``: an
+``Ensemble`` of them, probabilities averaged; ``fuse_polar`` picks). It is what every inference
 backend runs: torch directly, ONNX Runtime and OpenVINO through its ONNX export. Differences from
 the training network, all for speed:
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m2s_perception.labels import IGNORE_ID
+from m2s_perception.models.ensemble import Ensemble, mean_probability_logits
 from m2s_perception.models.polar import DoubleConv, PolarNet, UNet2d, run_unet
 
 
@@ -150,6 +152,9 @@ class FusedPolarNet(nn.Module):
     def forward(
         self, features: Tensor, point_cell: Tensor, point_voxel: Tensor, cells: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
+        return labels_and_confidence(self.point_logits(features, point_cell, point_voxel, cells))
+
+    def point_logits(self, features: Tensor, point_cell: Tensor, point_voxel: Tensor, cells: Tensor) -> Tensor:
         rho_bins, phi_bins, _ = self.grid_size
         x = features.t()  # (N, 9): the binning writes channel-first, the point MLP runs row-wise
         for index, layer in enumerate(self.point_mlp):
@@ -171,9 +176,35 @@ class FusedPolarNet(nn.Module):
         if self.point_head is not None:  # each point's own correction, from its features and its cell's
             own = torch.cat([x, decoded_at_cells.t().index_select(0, point_cell)], dim=1)
             point_logits = point_logits + self.point_head[1](F.relu(self.point_head[0](own)))
-        labels = point_logits[:, IGNORE_ID + 1 :].argmax(dim=1, keepdim=True) + (IGNORE_ID + 1)
-        confidence = torch.softmax(point_logits, dim=1).gather(1, labels)
-        return labels.squeeze(1), confidence.squeeze(1), point_logits
+        return point_logits
+
+
+class FusedPolarEnsemble(nn.Module):
+    """An ``Ensemble`` of polar networks, each fused; same inputs and outputs as ``FusedPolarNet``."""
+
+    def __init__(self, ensemble: Ensemble, pooling: str = "rows"):
+        super().__init__()
+        self.members = nn.ModuleList(FusedPolarNet(member, pooling) for member in ensemble.members)
+
+    def forward(
+        self, features: Tensor, point_cell: Tensor, point_voxel: Tensor, cells: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        logits = [member.point_logits(features, point_cell, point_voxel, cells) for member in self.members]
+        return labels_and_confidence(mean_probability_logits(logits))
+
+
+def fuse_polar(model: nn.Module, pooling: str = "rows") -> FusedPolarNet | FusedPolarEnsemble:
+    """The inference network of a ``PolarNet`` or of an ``Ensemble`` of them."""
+    if isinstance(model, Ensemble):
+        return FusedPolarEnsemble(model, pooling)
+    return FusedPolarNet(model, pooling)
+
+
+def labels_and_confidence(point_logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Argmax over the real classes (never 'unlabeled'), its softmax probability, and the logits."""
+    labels = point_logits[:, IGNORE_ID + 1 :].argmax(dim=1, keepdim=True) + (IGNORE_ID + 1)
+    confidence = torch.softmax(point_logits, dim=1).gather(1, labels)
+    return labels.squeeze(1), confidence.squeeze(1), point_logits
 
 
 def _copy_linear(layer: nn.Linear, weight: Tensor | None = None, bias: Tensor | None = None) -> nn.Linear:

@@ -1,0 +1,54 @@
+"""Several trained networks of one config as one model: the mean of their class probabilities.
+
+Students trained alike from different seeds make different mistakes on data unlike their training
+data (real scans for a synthetic-only student); averaging their probabilities cancels part of them
+(docs/benchmarks.md, "Sim-to-real": four half-width students averaged score higher on real scans
+than any one of them, and than one full-width network with as many parameters). An ensemble is
+assembled from trained checkpoints by ``m2s-ensemble``; it is not trained as one.
+
+The output's logits are the log of the mean probability, so everything downstream (argmax over the
+real classes, softmax confidence) reads the ensemble's probabilities with no special case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m2s_perception.models import ModelConfig, ModelOutput
+
+
+def mean_probability_logits(logits: list[Tensor]) -> Tensor:
+    """log(mean_i softmax(logits_i)): its softmax is the mean probability, its argmax the ensemble's label."""
+    log_probabilities = torch.stack([F.log_softmax(x.float(), dim=1) for x in logits])
+    return torch.logsumexp(log_probabilities, dim=0) - math.log(len(logits))
+
+
+class Ensemble(nn.Module):
+    """``config.members`` networks of ``config`` (with ``members=1``); weights ``members.<i>.<name>``."""
+
+    def __init__(self, config: ModelConfig):
+        from m2s_perception.models import build_model
+
+        super().__init__()
+        if config.members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {config.members}")
+        self.config = config
+        self.member_config = dataclasses.replace(config, members=1)
+        self.members = nn.ModuleList(build_model(self.member_config) for _ in range(config.members))
+
+    def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
+        outputs = [member(points, batch_index, batch_size) for member in self.members]
+        # One grid for all: the members' voxels are the same cells in the same order.
+        first = outputs[0]
+        return ModelOutput(
+            mean_probability_logits([o.point_logits for o in outputs]),
+            mean_probability_logits([o.voxel_logits for o in outputs]),
+            first.voxel_coords,
+            first.point_to_voxel,
+            {},  # members' features do not average into one meaningful feature
+        )
