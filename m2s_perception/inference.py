@@ -20,6 +20,7 @@ from m2s_perception.binning import PolarBinning
 from m2s_perception.checkpoint import CheckpointError, load_model, resolve_device
 from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
 from m2s_perception.models import ModelConfig
+from m2s_perception.models.ensemble import first_members
 from m2s_perception.models.polar_fused import fuse_polar
 
 # The largest scan a TensorRT engine is built for (m2s-segment's max_points default).
@@ -97,12 +98,18 @@ class Segmenter:
         backend: str = "torch",
         num_threads: int | None = None,
         label_map: LabelMap | None = None,
+        members: int | None = None,
     ) -> Segmenter:
         """A checkpoint (.pt), or an ``m2s-export`` file (.onnx) for the onnxruntime / openvino backends.
 
         ``label_map`` (default: the packaged one) must have the model's classes, else ``CheckpointError``.
+        ``members``: of an ensemble checkpoint, run only the first ``members`` networks (None: all).
         """
         if Path(path).suffix == ".onnx":
+            if members is not None:
+                raise ValueError(
+                    f"{path}: an exported file runs all its networks; choose ensemble members before m2s-export"
+                )
             from m2s_perception.export import read_metadata
 
             if not Path(path).is_file():
@@ -119,6 +126,8 @@ class Segmenter:
                 raise CheckpointError(f"{path}: its classes {class_names} differ from the label map's {expected}")
             return cls(None, config, device, fp16, backend, num_threads, onnx_model)
         model, config, _meta = load_model(path, resolve_device(device), label_map)
+        if members is not None:
+            model, config = first_members(model, members, path)
         return cls(model, config, device, fp16, backend, num_threads)
 
     def describe(self) -> str:

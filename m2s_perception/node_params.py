@@ -37,6 +37,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("precision", "auto", "fp16 autocast on CUDA or fp32; CPU always runs fp32", choices=("auto", "fp16", "fp32")),
     Param("backend", "torch", "inference backend (torch; onnxruntime/openvino where installed)"),
     Param("num_threads", 0, "CPU threads for inference; 0 = the library default", range=(0, 1024)),
+    Param("ensemble_members", 0, "an ensemble checkpoint: run only its first N networks; 0 = all", range=(0, 16)),
     Param("input_topic", INPUT_TOPIC, "PointCloud2 to segment (relative; prefer remapping: -r points:=/x)"),
     Param("output_topic", OUTPUT_TOPIC, "labelled PointCloud2 (relative; prefer remapping)"),
     Param("filtered_topic", FILTERED_TOPIC, "the input cloud without filtered_classes (relative)"),

@@ -221,6 +221,7 @@ def load_segmenter(
     backend: str = "torch",
     num_threads: int = 0,
     label_map: LabelMap | None = None,
+    ensemble_members: int = 0,
 ) -> Any:
     """``Segmenter.from_checkpoint`` with the node's parameters; a clear error for CUDA on a machine without it."""
     import torch
@@ -229,7 +230,9 @@ def load_segmenter(
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available (use device: auto or cpu)")
-    return Segmenter.from_checkpoint(checkpoint, device, PRECISIONS[precision], backend, num_threads or None, label_map)
+    return Segmenter.from_checkpoint(
+        checkpoint, device, PRECISIONS[precision], backend, num_threads or None, label_map, ensemble_members or None
+    )
 
 
 def point_records(msg: Any) -> np.ndarray:

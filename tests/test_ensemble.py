@@ -120,3 +120,26 @@ def test_ensembles_are_assembled_not_trained_and_checkpoints_bound_their_size(tm
     save_checkpoint(path, build_model(dataclasses.replace(CONFIG, members=2)), huge)  # weights of 2, config says 17
     with pytest.raises(CheckpointError, match="members 17"):
         load_model(path, "cpu")
+
+
+def test_the_first_members_of_an_ensemble_run_alone_or_together(tmp_path):
+    models = [trained_like(CONFIG, seed=20 + i) for i in range(3)]
+    paths = []
+    for i, model in enumerate(models):
+        paths.append(tmp_path / f"member{i}.pt")
+        save_checkpoint(paths[-1], model, CONFIG)
+    assemble(paths, tmp_path / "three.pt")
+    points = cloud_with_edges(1200, 7)
+
+    one = Segmenter.from_checkpoint(tmp_path / "three.pt", "cpu", members=1)
+    assert one.config.members == 1
+    assert np.array_equal(one.predict(points).labels, Segmenter.from_checkpoint(paths[0], "cpu").predict(points).labels)
+    two = Segmenter.from_checkpoint(tmp_path / "three.pt", "cpu", members=2)
+    expected = expected_probabilities(models[:2], points)
+    assert two.config.members == 2
+    assert np.mean(two.predict(points).labels == (expected[:, 1:].argmax(dim=1) + 1).numpy()) > 0.999
+    with pytest.raises(ValueError, match="holds 3 network"):
+        Segmenter.from_checkpoint(tmp_path / "three.pt", "cpu", members=4)
+    with pytest.raises(ValueError, match="holds 1 network"):
+        Segmenter.from_checkpoint(paths[0], "cpu", members=2)
+    assert Segmenter.from_checkpoint(paths[0], "cpu", members=1).config.members == 1

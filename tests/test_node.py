@@ -256,6 +256,17 @@ def test_load_segmenter_backend_and_threads(checkpoint):
         torch.set_num_threads(threads)
 
 
+def test_load_segmenter_runs_the_first_networks_of_the_demo_ensemble():
+    from m2s_perception.pipeline import load_segmenter
+    from m2s_perception.resources import DEMO_CHECKPOINT
+
+    assert load_segmenter(DEMO_CHECKPOINT, "cpu", "fp32").config.members == 4  # the shipped weights: 4 students
+    assert load_segmenter(DEMO_CHECKPOINT, "cpu", "fp32", ensemble_members=0).config.members == 4  # 0: all
+    assert load_segmenter(DEMO_CHECKPOINT, "cpu", "fp32", ensemble_members=1).config.members == 1
+    with pytest.raises(ValueError, match="holds 4 network"):
+        load_segmenter(DEMO_CHECKPOINT, "cpu", "fp32", ensemble_members=5)
+
+
 def test_labeller_outputs_survive_random_layouts(segmenter):
     """Seeded random layouts (extra fields of every datatype, names clashing with ours, duplicates, big-endian,
     organised, huge and non-finite values): every cloud is labelled or rejected as bad input, and both

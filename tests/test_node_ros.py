@@ -309,3 +309,31 @@ def test_label_map_parameter_sets_the_classes_the_node_labels_with(tmp_dir):
         out = client.request(kitti_f32(lidar_points(400, seed=3), sec=700))
     raw_labels = set(np.unique(read_fields(out, ["label"])["label"]).tolist())
     assert raw_labels <= {0, 10, 40}, raw_labels  # the small map's raw ids: unlabeled, car, road
+
+
+@pytest.mark.ros
+def test_ensemble_members_parameter_runs_the_first_networks(tmp_dir):
+    """An ensemble checkpoint served whole and with ensemble_members: 1; each labels as Segmenter does."""
+    from m2s_perception.inference import Segmenter
+    from m2s_training.ensemble import assemble
+
+    members = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        members.append(tmp_dir / f"member{seed}.pt")
+        save_checkpoint(members[-1], build_model(SMALL_POLAR), SMALL_POLAR)
+    ensemble = tmp_dir / "pair.pt"
+    assemble(members, ensemble)
+    msg = kitti_f32(lidar_points(1500, seed=11), sec=900)
+    for count, alone in (
+        (0, Segmenter.from_checkpoint(ensemble, "cpu")),
+        (1, Segmenter.from_checkpoint(members[0], "cpu")),
+    ):
+        name = f"m2s_segment_members_{count}"
+        with serving(tmp_dir, name, node_parameters(ensemble, name, ensemble_members=count)) as (_node, client):
+            out = client.request(msg)
+        labels, _ = expected_labels(alone, msg)
+        assert np.array_equal(read_fields(out, ["label"])["label"].ravel(), labels), count
+    whole, first = Segmenter.from_checkpoint(ensemble, "cpu"), Segmenter.from_checkpoint(members[0], "cpu")
+    points = lidar_points(1500, seed=11)
+    assert np.mean(whole.predict(points).labels != first.predict(points).labels) > 0.01  # the two runs differ

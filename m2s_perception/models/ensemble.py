@@ -28,6 +28,22 @@ def mean_probability_logits(logits: list[Tensor]) -> Tensor:
     return torch.logsumexp(log_probabilities, dim=0) - math.log(len(logits))
 
 
+def first_members(model: nn.Module, count: int, where: object = "model") -> tuple[nn.Module, ModelConfig]:
+    """The first ``count`` networks of an ensemble (one network: that network), for a faster, less
+    accurate model; ``count`` 1 of a single network is that network. ``where`` names it in errors."""
+    available = model.config.members if isinstance(model, Ensemble) else 1
+    if not 1 <= count <= available:
+        raise ValueError(f"{where}: holds {available} network(s); cannot run the first {count}")
+    if not isinstance(model, Ensemble):
+        return model, model.config
+    if count == 1:
+        return model.members[0], model.member_config
+    config = dataclasses.replace(model.config, members=count)
+    smaller = Ensemble(config)
+    smaller.members = nn.ModuleList(list(model.members)[:count])
+    return smaller, config
+
+
 class Ensemble(nn.Module):
     """``config.members`` networks of ``config`` (with ``members=1``); weights ``members.<i>.<name>``."""
 
