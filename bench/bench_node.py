@@ -11,7 +11,9 @@ from /diagnostics. Without ``--checkpoint`` it times a randomly initialised pola
 
 ``--backend A B …`` starts one node per backend (``-p backend:=…``), one after the other, ``--rounds``
 times in alternation, and prints each one's figures and its speed-up over the first, all measured
-in this one run. ``--real DIR`` sends the SemanticKITTI scans under DIR in turn (evaluation only).
+in this one run; ``--ensemble-members 0 1 …`` does the same per ``ensemble_members`` value (an
+ensemble checkpoint, e.g. the demo weights: all networks against the first one). ``--real DIR``
+sends the SemanticKITTI scans under DIR in turn (evaluation only).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def start_node(checkpoint: Path, device: str, reliability: str, log_path: Path, 
         command += ["-p", f"backend:={engine.backend}"]
     if engine.threads:
         command += ["-p", f"num_threads:={engine.threads}"]
+    if engine.members:
+        command += ["-p", f"ensemble_members:={engine.members}"]
     with open(log_path, "wb") as log:
         return subprocess.Popen(command, cwd=REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
 
@@ -107,6 +111,11 @@ def percentile_line(name: str, values: list[float]) -> str:
 class Engine:
     backend: str
     threads: int
+    members: int = 0  # the node's ensemble_members (0: all networks of the checkpoint)
+
+    @property
+    def name(self) -> str:
+        return self.backend + (f", ensemble_members {self.members}" if self.members else "")
 
 
 @dataclass
@@ -127,9 +136,9 @@ def read_scans(folder: Path) -> list[np.ndarray]:
 
 def bench_node(engine: Engine, args: argparse.Namespace, checkpoint: Path, scans: list, work: Path, run: Run) -> None:
     """Start a node with ``engine``, send it 3 warm-up + ``args.scans`` scans one at a time, add to ``run``."""
-    log_path = work / f"node_{engine.backend}.log"
+    log_path = work / f"node_{engine.backend}_{engine.members}.log"
     node_process = start_node(checkpoint, args.device, args.input_reliability, log_path, engine)
-    client = rclpy.create_node(f"m2s_bench_client_{engine.backend}")
+    client = rclpy.create_node(f"m2s_bench_client_{engine.backend}_{engine.members}")
     received: dict[int, float] = {}
     diagnostics: dict[str, str] = {}
     client.create_subscription(
@@ -200,6 +209,9 @@ def main() -> None:
     )
     parser.add_argument("--backend", nargs="+", default=["torch"], help="node backends to compare (first = baseline)")
     parser.add_argument("--num-threads", type=int, default=0, help="the node's num_threads (0: library default)")
+    parser.add_argument(
+        "--ensemble-members", type=int, nargs="+", default=[0], help="the node's ensemble_members values to compare"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="alternate the backends this many times")
     parser.add_argument("--real", type=Path, help="send the SemanticKITTI *.bin scans under this folder instead")
     args = parser.parse_args()
@@ -213,7 +225,7 @@ def main() -> None:
         columns = {name: points[:, k].copy() for k, name in enumerate(("x", "y", "z", "intensity"))}
         scans.append(make_cloud(PointCloud2, PointField, Header(frame_id="velodyne"), columns))
 
-    engines = [Engine(backend, args.num_threads) for backend in args.backend]
+    engines = [Engine(b, args.num_threads, m) for b in args.backend for m in args.ensemble_members]
     runs = {engine: Run() for engine in engines}
     rclpy.init()
     try:
@@ -231,7 +243,7 @@ def main() -> None:
     )
     baseline = runs[engines[0]]
     for engine, run in runs.items():
-        print(f"\n== backend {engine.backend}: {run.lost} of {run.sent} scans got no answer within {args.timeout} s")
+        print(f"\n== backend {engine.name}: {run.lost} of {run.sent} scans got no answer within {args.timeout} s")
         if run.latencies:
             print(percentile_line("publish → labelled cloud", run.latencies))
         for stage, (p50, p95) in run.stages.items():
@@ -239,7 +251,7 @@ def main() -> None:
         if engine != engines[0] and run.latencies and baseline.latencies:
             base50, base95 = np.percentile(baseline.latencies, [50, 95])
             p50, p95 = np.percentile(run.latencies, [50, 95])
-            print(f"speed-up vs {engines[0].backend}: p50 {base50 / p50:.2f}x   p95 {base95 / p95:.2f}x")
+            print(f"speed-up vs {engines[0].name}: p50 {base50 / p50:.2f}x   p95 {base95 / p95:.2f}x")
     shutil.rmtree(work, ignore_errors=True)
 
 
