@@ -19,7 +19,8 @@ from launch import LaunchContext, LaunchDescription
 
 PACKAGE = "m2s_perception"
 REMAPS = {"input_topic": "points", "output_topic": "labelled_points", "filtered_topic": "filtered_points"}
-OVERRIDES = {"checkpoint": str, "device": str, "intensity_scale": float}  # launch argument → parameter type
+# launch argument → parameter type
+OVERRIDES = {"checkpoint": str, "device": str, "intensity_scale": float, "ensemble_members": int}
 
 
 def segment_node(context: LaunchContext) -> list[Node]:
@@ -80,6 +81,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda, cuda:N; empty: params file"),
         DeclareLaunchArgument(
             "intensity_scale", default_value="", description="sensor full-scale intensity; empty: params file"
+        ),
+        DeclareLaunchArgument(
+            "ensemble_members", default_value="", description="run the first N networks of an ensemble; empty: file"
         ),
         DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error, fatal"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock (bag replay)"),

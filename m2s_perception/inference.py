@@ -133,7 +133,8 @@ class Segmenter:
     def describe(self) -> str:
         """Which engine runs the model, for logs: e.g. 'onnxruntime 1.32.0 on cpu'."""
         engine = self.engine.version if self.engine is not None else torch.__version__
-        return f"{self.backend} {engine} on {self.device.type}{' fp16' if self.fp16 else ''}"
+        networks = f", {self.config.members} networks averaged" if self.config.members > 1 else ""
+        return f"{self.backend} {engine} on {self.device.type}{' fp16' if self.fp16 else ''}{networks}"
 
     def predict(self, points: np.ndarray) -> Prediction:
         points = _checked_cloud(points)

@@ -151,12 +151,14 @@ def _processes_under(path: Path) -> list[psutil.Process]:
 
 @pytest.mark.ros
 def test_launch_file_starts_the_installed_node_which_answers_on_the_remapped_topic(workspace: Path):
-    """`segment.launch.py input_topic:=/points` after `colcon build`: a best-effort driver's HDL-64-sized
-    cloud in, its labels out (packaged demo weights, the params file's defaults), Ctrl-C ends all."""
+    """`segment.launch.py input_topic:=/points ensemble_members:=2` after `colcon build`: a best-effort
+    driver's HDL-64-sized cloud in, its labels out (packaged demo weights, two of their four networks,
+    the params file's other defaults), Ctrl-C ends all."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(workspace / "vendor"), str(workspace / "stand_in")])
     log_path = workspace / "launch.log"
-    command = f"source install/setup.bash && exec {sys.executable} run_launch_file.py input_topic:=/points"
+    arguments = "input_topic:=/points ensemble_members:=2"
+    command = f"source install/setup.bash && exec {sys.executable} run_launch_file.py {arguments}"
     with open(log_path, "wb") as log:
         # its own session: SIGINT reaches only the launch process, which must stop its node itself
         launch = subprocess.Popen(["bash", "-c", command], cwd=workspace, env=env, stdout=log,
@@ -191,3 +193,4 @@ def test_launch_file_starts_the_installed_node_which_answers_on_the_remapped_top
         time.sleep(0.1)
     assert not _processes_under(workspace / "install"), "processes left after the launch ended"
     assert "process started with pid" in log and "m2s-segment" in log
+    assert "torch" in log and "2 networks averaged" in log  # the launch argument reached the node
