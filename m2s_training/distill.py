@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from m2s_perception.checkpoint import load_model
 from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
 from m2s_perception.models import ModelConfig, ModelOutput, build_model
+from m2s_perception.models.ensemble import Ensemble, mean_probability_logits
 from m2s_perception.models.grid import ravel_index
 from m2s_training.config import DistillConfig
 from m2s_training.data.dataset import Batch
@@ -345,13 +346,9 @@ class TeacherEnsemble(nn.Module):
         if any(not torch.equal(o.voxel_coords, first.voxel_coords) for o in outputs[1:]):
             raise ValueError("the ensemble's teachers voxelise the scan differently; they need one grid")
 
-        def mean_log_probability(name: str) -> Tensor:
-            probabilities = torch.stack([getattr(o, name).float().softmax(dim=1) for o in outputs])
-            return probabilities.mean(dim=0).clamp_min(1e-8).log()
-
         return ModelOutput(
-            mean_log_probability("point_logits"),
-            mean_log_probability("voxel_logits"),
+            mean_probability_logits([o.point_logits for o in outputs]),
+            mean_probability_logits([o.voxel_logits for o in outputs]),
             first.voxel_coords,
             first.point_to_voxel,
             first.point_features,
@@ -376,17 +373,15 @@ def build_distiller(
         model, teacher_config, _ = load_model(path, device)
         check_same_grid(teacher_config, student_config)
         teachers.append(model)
-    if len(teachers) == 1:
+    if len(teachers) == 1 and not isinstance(teachers[0], Ensemble):
         teacher = teachers[0]
-    else:
+    else:  # several checkpoints, or one m2s-ensemble checkpoint: probabilities averaged, no features
         feature_terms = {"feature": config.feature, "instance_affinity": config.instance_affinity}
         feature_terms |= {"point_affinity": config.point_affinity, "voxel_affinity": config.voxel_affinity}
         used = [f"distill.{name}" for name, weight in feature_terms.items() if weight > 0]
         if used:
-            raise ValueError(
-                f"an ensemble of {len(teachers)} teachers has no single feature space: set {', '.join(used)} to 0"
-            )
-        teacher = TeacherEnsemble(teachers)
+            raise ValueError(f"an ensemble of teachers has no single feature space: set {', '.join(used)} to 0")
+        teacher = teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers)
     device = next(teacher.parameters()).device
     probe_student = build_model(student_config).to(device)
     distiller = Distiller(

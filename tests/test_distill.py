@@ -425,6 +425,15 @@ def test_ensemble_of_checkpoints_distils_logits_only(tmp_path):
     with torch.no_grad():
         mean = sum(t(points, index, 1).point_logits.softmax(1) for t in single) / 2
         torch.testing.assert_close(distiller.teacher(points, index, 1).point_logits.softmax(1), mean)
+    # one m2s-ensemble checkpoint of the same two: the same teacher, the same refusal of feature terms
+    from m2s_training.ensemble import assemble
+
+    assemble(list(teachers), tmp_path / "pair.pt")
+    with pytest.raises(ValueError, match=r"no single feature space"):
+        build_distiller(DistillConfig(), tmp_path / "pair.pt", config, device="cpu")
+    assembled = build_distiller(logit_only, tmp_path / "pair.pt", config, device="cpu").teacher
+    with torch.no_grad():
+        torch.testing.assert_close(assembled(points, index, 1).point_logits.softmax(1), mean)
     # one path in a list is a single teacher
     from m2s_training.config import LoopConfig
 

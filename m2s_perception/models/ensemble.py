@@ -66,5 +66,5 @@ class Ensemble(nn.Module):
             mean_probability_logits([o.voxel_logits for o in outputs]),
             first.voxel_coords,
             first.point_to_voxel,
-            {},  # members' features do not average into one meaningful feature
+            first.point_features,  # features do not average across networks: the first member's, for shapes
         )
