@@ -2,7 +2,8 @@
 
     m2s-export --checkpoint runs/student/best.pt --out runs/student/onnx [--points 120000] [--scan KITTI.bin …]
 
-The file holds ``FusedPolarNet`` (BatchNorm folded, m2s_perception/models/polar_fused.py), opset 18:
+The file holds ``FusedPolarNet`` (BatchNorm folded, m2s_perception/models/polar_fused.py; an ensemble
+checkpoint: ``FusedPolarEnsemble``, every network and the averaging in the one graph), opset 18:
 inputs ``features`` (9, N) float32, ``point_cell`` (N,), ``point_voxel`` (N,) and ``cells`` (U,)
 int64, all with dynamic sizes, as ``m2s_perception.binning.PolarBinning`` makes them; outputs
 ``labels`` (N,) int64 training ids, ``confidence`` (N,) float32 and ``point_logits`` (N, classes).
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "model.onnx"
     write_atomic(path, model_bytes)
-    print(f"wrote {path} ({len(model_bytes) / 1e6:.1f} MB, opset {OPSET}, {config.backbone} width {config.width:g})")
+    model = f"{config.backbone} width {config.width:g}"
+    model += f", {config.members} networks averaged" if config.members > 1 else ""
+    print(f"wrote {path} ({len(model_bytes) / 1e6:.1f} MB, opset {OPSET}, {model})")
 
     if args.pooling == "rows":
         from m2s_perception.backends import OpenVinoBackend
