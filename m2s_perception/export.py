@@ -208,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "model.onnx"
     write_atomic(path, model_bytes)
-    model = f"{config.backbone} width {config.width:g}"
-    model += f", {config.members} networks averaged" if config.members > 1 else ""
-    print(f"wrote {path} ({len(model_bytes) / 1e6:.1f} MB, opset {OPSET}, {model})")
+    described = f"{config.backbone} width {config.width:g}"
+    described += f", {config.members} networks averaged" if config.members > 1 else ""
+    print(f"wrote {path} ({len(model_bytes) / 1e6:.1f} MB, opset {OPSET}, {described})")
 
     if args.pooling == "rows":
         from m2s_perception.backends import OpenVinoBackend
