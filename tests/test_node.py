@@ -196,6 +196,7 @@ def test_launch_file_declares_its_arguments():
         "node_name",
         "device",
         "intensity_scale",
+        "ensemble_members",
         "log_level",
         "use_sim_time",
         "rviz",
