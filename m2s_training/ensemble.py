@@ -16,9 +16,9 @@ import hashlib
 import sys
 from pathlib import Path
 
-from m2s_perception.checkpoint import CheckpointError, load_model, read_checkpoint
+from m2s_perception.checkpoint import CheckpointError, load_model
 from m2s_perception.labels import load_label_map
-from m2s_perception.models import build_model
+from m2s_perception.models.ensemble import Ensemble
 from m2s_training.checkpoint import save_checkpoint
 
 
@@ -44,10 +44,9 @@ def assemble(members: list[Path], out: Path, label_map_path: str | Path | None =
         if config != configs[0]:
             differ = [k for k, v in config.to_dict().items() if configs[0].to_dict()[k] != v]
             raise ValueError(f"{path}: its model config differs from {members[0]}'s in {', '.join(differ)}")
-    ensemble = build_model(dataclasses.replace(configs[0], members=len(members)))
-    for member, model in zip(ensemble.members, models, strict=True):
-        member.load_state_dict(model.state_dict())
-    class_names = read_checkpoint(members[0]).get("class_names") or list(label_map.class_names)
+    ensemble = Ensemble(dataclasses.replace(configs[0], members=len(members)), models)
+    # load_model checked each member's class names against the label map: they are its names
+    class_names = list(label_map.class_names)
     save_checkpoint(out, ensemble, ensemble.config, class_names=class_names, mode="ensemble", members=described)
 
 

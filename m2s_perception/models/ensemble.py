@@ -38,24 +38,28 @@ def first_members(model: nn.Module, count: int, where: object = "model") -> tupl
         return model, model.config
     if count == 1:
         return model.members[0], model.member_config
-    config = dataclasses.replace(model.config, members=count)
-    smaller = Ensemble(config)
-    smaller.members = nn.ModuleList(list(model.members)[:count])
-    return smaller, config
+    smaller = Ensemble(dataclasses.replace(model.config, members=count), list(model.members)[:count])
+    return smaller, smaller.config
 
 
 class Ensemble(nn.Module):
-    """``config.members`` networks of ``config`` (with ``members=1``); weights ``members.<i>.<name>``."""
+    """``config.members`` networks of ``config`` (with ``members=1``); weights ``members.<i>.<name>``.
 
-    def __init__(self, config: ModelConfig):
+    ``members``: networks already built (trained) to hold, instead of building new ones."""
+
+    def __init__(self, config: ModelConfig, members: list[nn.Module] | None = None):
         from m2s_perception.models import build_model
 
         super().__init__()
         if config.members < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {config.members}")
+        if members is not None and len(members) != config.members:
+            raise ValueError(f"config.members is {config.members} but {len(members)} networks were given")
         self.config = config
         self.member_config = dataclasses.replace(config, members=1)
-        self.members = nn.ModuleList(build_model(self.member_config) for _ in range(config.members))
+        if members is None:
+            members = [build_model(self.member_config) for _ in range(config.members)]
+        self.members = nn.ModuleList(members)
 
     def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
         outputs = [member(points, batch_index, batch_size) for member in self.members]
