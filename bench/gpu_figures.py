@@ -10,8 +10,9 @@
    the M2SKD joint step (student on the single scan + the same weights on a fused scan, official terms).
 4. ONNX Runtime with its CUDA / TensorRT providers where that build is installed; else says so.
 
-Models: the shipped demo student, and random polar teacher / student at the full 480 × 360 × 32 grid
-(``config/model_polar.yaml``, widths 1.0 / 0.5): latency does not depend on the weights.
+Models: the shipped demo (all its networks, then its first k: the node's ``ensemble_members``), and
+random polar teacher / student at the full 480 × 360 × 32 grid (``config/model_polar.yaml``, widths
+1.0 / 0.5): latency does not depend on the weights.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def timed(run, repeats: int, device: torch.device) -> tuple[float, float]:
 def models() -> dict[str, tuple[torch.nn.Module, ModelConfig]]:
     found = {}
     demo = Segmenter.from_checkpoint(DEMO_CHECKPOINT, "cpu")
-    found["demo student (shipped)"] = (demo.model, demo.config)
+    found[f"demo (shipped, {demo.config.members} networks)"] = (demo.model, demo.config)
+    for members in range(demo.config.members - 1, 0, -1):  # the node's ensemble_members: fewer, faster
+        fewer = Segmenter.from_checkpoint(DEMO_CHECKPOINT, "cpu", members=members)
+        found[f"demo, first {members} of {demo.config.members}"] = (fewer.model, fewer.config)
     for name, width in (("polar teacher 480x360x32", 1.0), ("polar student 480x360x32", 0.5)):
         config = ModelConfig.from_yaml(REPO / "config/model_polar.yaml")
         config.width = width
@@ -156,7 +160,7 @@ def onnxruntime_table(scans: dict[str, np.ndarray], repeats: int, device: torch.
     if "CUDAExecutionProvider" not in providers:
         print("ONNX Runtime on GPU: not measured (this build has no CUDA provider)")
         return
-    model, config = models()["demo student (shipped)"]
+    model, config = next(iter(models().values()))  # the shipped demo
     cpu = Segmenter(copy.deepcopy(model), config, "cpu")
     engine = Segmenter(copy.deepcopy(model), config, device, backend="onnxruntime")
     print("| scan | median ms | p95 ms | labels = CPU fp32 |")

@@ -143,3 +143,16 @@ def test_the_first_members_of_an_ensemble_run_alone_or_together(tmp_path):
     with pytest.raises(ValueError, match="holds 1 network"):
         Segmenter.from_checkpoint(paths[0], "cpu", members=2)
     assert Segmenter.from_checkpoint(paths[0], "cpu", members=1).config.members == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_ensemble_on_cuda_labels_as_the_mean_of_its_members(tmp_path):
+    models, _, out = members_and_ensemble(tmp_path)
+    points = cloud_with_edges(1500, 7)
+    expected_labels = expected_probabilities(models, points)[:, 1:].argmax(dim=1).numpy() + 1
+    for fp16 in (False, True):
+        gpu = Segmenter.from_checkpoint(out, "cuda", fp16=fp16)
+        assert gpu.device.type == "cuda"
+        # fp16 may flip points whose two best classes are within rounding of each other
+        assert np.mean(gpu.predict(points).labels == expected_labels) > (0.999 if not fp16 else 0.98)
