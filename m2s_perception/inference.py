@@ -44,7 +44,9 @@ def labels_from_logits(point_logits: torch.Tensor) -> tuple[torch.Tensor, torch.
 class Segmenter:
     """``backend``: torch | onnxruntime | openvino. ``num_threads``: CPU threads of the engine
     (torch: ``torch.set_num_threads``, which is process-wide); ``None`` or 0 = the library's default.
-    ``fp16=None`` → half precision on CUDA (torch autocast / TensorRT fp16); CPUs run float32.
+    ``fp16=None`` (precision auto): float32 for the torch engine, whose fp16 autocast was slower on an
+    H100 for every shipped model (docs/benchmarks.md "GPU"); TensorRT fp16 for ONNX Runtime on CUDA.
+    CPUs always run float32.
     """
 
     def __init__(
@@ -62,7 +64,8 @@ class Segmenter:
         if num_threads is not None and num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0: library default), got {num_threads}")
         self.device = resolve_device(device)
-        self.fp16 = self.device.type == "cuda" if fp16 is None else fp16 and self.device.type == "cuda"
+        half_by_default = backend != "torch"
+        self.fp16 = self.device.type == "cuda" and (half_by_default if fp16 is None else fp16)
         self.config, self.backend = config, backend
         self.model = model.eval() if model is not None else None
         if backend == "torch" and num_threads:

@@ -34,7 +34,12 @@ PARAMETERS: tuple[Param, ...] = (
     Param("checkpoint", "", "m2s checkpoint (.pt); empty = the packaged demo weights"),
     Param("label_map", "", "label map YAML the checkpoint was trained with; empty = the packaged SemanticKITTI one"),
     Param("device", "auto", "torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:N"),
-    Param("precision", "auto", "fp16 autocast on CUDA or fp32; CPU always runs fp32", choices=("auto", "fp16", "fp32")),
+    Param(
+        "precision",
+        "auto",
+        "auto: fp32 with backend torch, TensorRT fp16 with onnxruntime on CUDA; fp16 | fp32 force it; CPU: fp32",
+        choices=("auto", "fp16", "fp32"),
+    ),
     Param("backend", "torch", "inference backend (torch; onnxruntime/openvino where installed)"),
     Param("num_threads", 0, "CPU threads for inference; 0 = the library default", range=(0, 1024)),
     Param("ensemble_members", 0, "an ensemble checkpoint: run only its first N networks; 0 = all", range=(0, 16)),

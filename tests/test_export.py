@@ -206,8 +206,9 @@ def test_gpu_backends_agree_with_cpu_float32(exported, backend: str):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             pytest.skip("needs onnxruntime-gpu (CUDA execution provider)")
     model, _ = exported
-    gpu = Segmenter(model, CONFIG, "cuda", backend=backend)  # fp16: autocast / TensorRT fp16
+    gpu = Segmenter(model, CONFIG, "cuda", backend=backend, fp16=True)  # autocast / TensorRT fp16
     assert gpu.fp16
+    assert Segmenter(model, CONFIG, "cuda", backend=backend).fp16 == (backend == "onnxruntime")  # precision auto
     gpu.warmup(num_points=5000)
     points = cloud_with_edges(20000, 9)
     cpu = Segmenter(model, CONFIG, "cpu")

@@ -110,7 +110,8 @@ def test_segmenter_rejects_bad_clouds_and_handles_empty_ones(checkpoint):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_segmenter_fp16_on_cuda_agrees_with_cpu(checkpoint):
     path, _ = checkpoint
-    gpu = Segmenter.from_checkpoint(path)  # auto → CUDA, fp16
+    assert not Segmenter.from_checkpoint(path).fp16  # precision auto: fp32 for the torch engine
+    gpu = Segmenter.from_checkpoint(path, fp16=True)  # device auto → CUDA
     assert gpu.device.type == "cuda" and gpu.fp16
     gpu.warmup()
     cpu = Segmenter.from_checkpoint(path, device="cpu")
