@@ -50,12 +50,12 @@ def timed(run, repeats: int, device: torch.device) -> tuple[float, float]:
     return statistics.median(times), float(np.percentile(times, 95))
 
 
-def models() -> dict[str, tuple[torch.nn.Module, ModelConfig]]:
+def models(checkpoint: Path = DEMO_CHECKPOINT) -> dict[str, tuple[torch.nn.Module, ModelConfig]]:
     found = {}
-    demo = Segmenter.from_checkpoint(DEMO_CHECKPOINT, "cpu")
+    demo = Segmenter.from_checkpoint(checkpoint, "cpu")
     found[f"demo (shipped, {demo.config.members} networks)"] = (demo.model, demo.config)
     for members in range(demo.config.members - 1, 0, -1):  # the node's ensemble_members: fewer, faster
-        fewer = Segmenter.from_checkpoint(DEMO_CHECKPOINT, "cpu", members=members)
+        fewer = Segmenter.from_checkpoint(checkpoint, "cpu", members=members)
         found[f"demo, first {members} of {demo.config.members}"] = (fewer.model, fewer.config)
     for name, width in (("polar teacher 480x360x32", 1.0), ("polar student 480x360x32", 0.5)):
         config = ModelConfig.from_yaml(REPO / "config/model_polar.yaml")
@@ -65,11 +65,13 @@ def models() -> dict[str, tuple[torch.nn.Module, ModelConfig]]:
     return found
 
 
-def inference_table(scans: dict[str, np.ndarray], repeats: int, device: torch.device, results: dict) -> None:
+def inference_table(
+    scans: dict[str, np.ndarray], repeats: int, device: torch.device, results: dict, checkpoint: Path
+) -> None:
     print("\n### Segmenter.predict on", device_name(device))
     print("| model | scan | points | precision | median ms | p95 ms | labels = CPU fp32 |")
     print("|---|---|---|---|---|---|---|")
-    for model_name, (model, config) in models().items():
+    for model_name, (model, config) in models(checkpoint).items():
         cpu = Segmenter(copy.deepcopy(model), config, "cpu")
         engines = {p: Segmenter(copy.deepcopy(model), config, device, fp16=p == "fp16") for p in ("fp16", "fp32")}
         for scan_name, cloud in scans.items():
@@ -149,7 +151,9 @@ def time_train_step(width: float, batch: int, joint: bool, repeats: int, device:
     return median, p95, torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
 
 
-def onnxruntime_table(scans: dict[str, np.ndarray], repeats: int, device: torch.device, results: dict) -> None:
+def onnxruntime_table(
+    scans: dict[str, np.ndarray], repeats: int, device: torch.device, results: dict, checkpoint: Path
+) -> None:
     try:
         import onnxruntime
     except ImportError:
@@ -160,7 +164,7 @@ def onnxruntime_table(scans: dict[str, np.ndarray], repeats: int, device: torch.
     if "CUDAExecutionProvider" not in providers:
         print("ONNX Runtime on GPU: not measured (this build has no CUDA provider)")
         return
-    model, config = next(iter(models().values()))  # the shipped demo
+    model, config = next(iter(models(checkpoint).values()))  # the demo
     cpu = Segmenter(copy.deepcopy(model), config, "cpu")
     engine = Segmenter(copy.deepcopy(model), config, device, backend="onnxruntime")
     print("| scan | median ms | p95 ms | labels = CPU fp32 |")
@@ -177,6 +181,7 @@ def main() -> None:
     parser.add_argument("--real", type=Path, help="every *.bin scan under this folder is also timed (evaluation only)")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, help="the demo rows' weights")
     parser.add_argument("--device", default="cuda", help="cuda (cpu: a quick check that the script runs)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8], help="training batch sizes")
     parser.add_argument("--skip", nargs="*", default=[], choices=["inference", "train", "onnxruntime"])
@@ -188,11 +193,17 @@ def main() -> None:
     scans = {"synthetic HDL-64-like": synthetic_scan(120_000)}
     for path in sorted(args.real.rglob("*.bin")) if args.real else []:
         scans[path.name[:24]] = read_scan(path)
-    results: dict = {"device": device_name(device), "inference": [], "train": [], "onnxruntime": []}
+    results: dict = {
+        "checkpoint": str(args.checkpoint),
+        "device": device_name(device),
+        "inference": [],
+        "train": [],
+        "onnxruntime": [],
+    }
     if "inference" not in args.skip:
-        inference_table(scans, args.repeats, device, results)
+        inference_table(scans, args.repeats, device, results, args.checkpoint)
     if "onnxruntime" not in args.skip:
-        onnxruntime_table(scans, args.repeats, device, results)
+        onnxruntime_table(scans, args.repeats, device, results, args.checkpoint)
     if "train" not in args.skip:
         train_step_table(args.repeats, args.batches, device, results)
     if args.out:

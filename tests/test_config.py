@@ -150,4 +150,4 @@ def test_fusion_section_matches_the_fuser_arguments():
 
 def test_the_demo_weights_training_config_loads():
     config = load_config(REPO / "m2s_perception" / "weights" / "demo_student_train.yaml")
-    assert (config.model.width, config.model.grid_size) == (0.5, (120, 90, 24))  # what test_demo checks of the weights
+    assert (config.model.width, config.model.grid_size) == (0.5, (120, 180, 24))  # what test_demo checks of the weights

@@ -16,7 +16,7 @@ MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
 def test_demo_weights_are_small_and_load_with_the_current_model_code():
     assert DEMO_WEIGHTS.stat().st_size < MAX_WEIGHTS_BYTES
     model, config, _meta = load_model(DEMO_WEIGHTS, "cpu")  # fails if the backbone's parameters changed
-    assert (config.backbone, config.width, config.grid_size) == ("polar", 0.5, (120, 90, 24))
+    assert (config.backbone, config.width, config.grid_size) == ("polar", 0.5, (120, 180, 24))
     assert not model.training
 
 
