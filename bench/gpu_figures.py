@@ -53,10 +53,11 @@ def timed(run, repeats: int, device: torch.device) -> tuple[float, float]:
 def models(checkpoint: Path = DEMO_CHECKPOINT) -> dict[str, tuple[torch.nn.Module, ModelConfig]]:
     found = {}
     demo = Segmenter.from_checkpoint(checkpoint, "cpu")
-    found[f"demo (shipped, {demo.config.members} networks)"] = (demo.model, demo.config)
-    for members in range(demo.config.members - 1, 0, -1):  # the node's ensemble_members: fewer, faster
+    count = demo.config.members
+    found[f"{checkpoint.stem}, {count} network{'s' if count > 1 else ''}"] = (demo.model, demo.config)
+    for members in range(count - 1, 0, -1):  # the node's ensemble_members: fewer, faster
         fewer = Segmenter.from_checkpoint(checkpoint, "cpu", members=members)
-        found[f"demo, first {members} of {demo.config.members}"] = (fewer.model, fewer.config)
+        found[f"{checkpoint.stem}, first {members} of {count}"] = (fewer.model, fewer.config)
     for name, width in (("polar teacher 480x360x32", 1.0), ("polar student 480x360x32", 0.5)):
         config = ModelConfig.from_yaml(REPO / "config/model_polar.yaml")
         config.width = width
