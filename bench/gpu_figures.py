@@ -165,7 +165,8 @@ def onnxruntime_table(
     if "CUDAExecutionProvider" not in providers:
         print("ONNX Runtime on GPU: not measured (this build has no CUDA provider)")
         return
-    model, config = next(iter(models(checkpoint).values()))  # the demo
+    demo = Segmenter.from_checkpoint(checkpoint, "cpu")
+    model, config = demo.model, demo.config
     cpu = Segmenter(copy.deepcopy(model), config, "cpu")
     engine = Segmenter(copy.deepcopy(model), config, device, backend="onnxruntime")
     print("| scan | median ms | p95 ms | labels = CPU fp32 |")

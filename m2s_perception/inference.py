@@ -18,10 +18,10 @@ from torch import nn
 from m2s_perception.backends import BACKENDS, OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
 from m2s_perception.binning import PolarBinning
 from m2s_perception.checkpoint import CheckpointError, load_model, resolve_device
-from m2s_perception.labels import IGNORE_ID, LabelMap, load_label_map
+from m2s_perception.labels import LabelMap, load_label_map
 from m2s_perception.models import ModelConfig
 from m2s_perception.models.ensemble import first_members
-from m2s_perception.models.polar_fused import fuse_polar
+from m2s_perception.models.polar_fused import fuse_polar, labels_and_confidence
 
 # The largest scan a TensorRT engine is built for (m2s-segment's max_points default).
 TENSORRT_MAX_POINTS = 500_000
@@ -34,10 +34,9 @@ class Prediction:
 
 
 def labels_from_logits(point_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax over the real classes (never 'unlabeled') and that class's softmax probability."""
-    point_logits = point_logits.float()
-    labels = point_logits[:, IGNORE_ID + 1 :].argmax(dim=1) + IGNORE_ID + 1
-    confidence = torch.softmax(point_logits, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    """Argmax over the real classes (never 'unlabeled') and that class's softmax probability, in float32
+    (the fused networks' own rule, ``labels_and_confidence``, on logits that may come out of autocast)."""
+    labels, confidence, _ = labels_and_confidence(point_logits.float())
     return labels, confidence
 
 

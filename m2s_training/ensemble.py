@@ -40,9 +40,10 @@ def assemble(members: list[Path], out: Path, label_map_path: str | Path | None =
         described.append(
             {"file": str(path), "sha256": digest, "step": meta.get("step"), "val_miou": meta.get("val_miou")}
         )
+    first = configs[0].to_dict()
     for path, config in zip(members[1:], configs[1:], strict=True):
         if config != configs[0]:
-            differ = [k for k, v in config.to_dict().items() if configs[0].to_dict()[k] != v]
+            differ = [k for k, v in config.to_dict().items() if first[k] != v]
             raise ValueError(f"{path}: its model config differs from {members[0]}'s in {', '.join(differ)}")
     ensemble = Ensemble(dataclasses.replace(configs[0], members=len(members)), models)
     # load_model checked each member's class names against the label map: they are its names
