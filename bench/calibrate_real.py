@@ -3,12 +3,15 @@
 Calibration statistics only (the scans are never trained on): per-class point share, remission,
 height and range per class, the beam elevation table (peaks of atan2(z, range)), the azimuth step
 and the surface texture: the range step between azimuth neighbours of one class, relative to the
-range, per range band (range noise, grazing-incidence spread, leaves). Prints a table and writes
-``docs/real_calibration.png``. With ``--compare`` it also reads a synthetic sequence and
-prints/plots the same statistics side by side.
+range, per range band (range noise, grazing-incidence spread, leaves), and remission by range
+(median and share of zeros per 5-m band of 3-D range: the real sensor's returns fade beyond ~20 m).
+Prints a table and writes ``docs/real_calibration.png``. With ``--compare`` it also reads a
+synthetic sequence and prints/plots the same statistics side by side; ``--falloff KNEE POWER ZERO``
+first dims its remission as the training augmentation ``augment.remission_falloff`` does.
 
     .venv/bin/python bench/calibrate_real.py --real /work/shared/real/semantickitti \\
-        [--compare runs/synth_kitti --compare-sequence 00 --compare-scans 3] [--plot docs/real_calibration.png]
+        [--compare runs/synth_kitti --compare-sequence 00 --compare-scans 3 [--falloff 22 0.9 45]] \\
+        [--plot docs/real_calibration.png]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from m2s_perception.labels import load_label_map
+from m2s_training.data.dataset import AugmentConfig, dim_with_range
 from m2s_training.data.semantic_kitti import Sequence, list_sequences
 
 CLASSES = ["road", "sidewalk", "parking", "terrain", "building", "vegetation", "trunk", "car", "fence", "pole"]
@@ -66,7 +70,23 @@ def statistics(scans: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     stats["azimuth_step"] = float(np.median(steps[(steps > 0) & (steps < 1)]))
     stats["points"], stats["labels"], stats["rho"] = points, labels, rho
     stats["texture"] = texture(scans)
+    stats["remission_by_range"] = remission_by_range(points)
     return stats
+
+
+RANGE_EDGES = np.arange(0.0, 85.0, 5.0)
+
+
+def remission_by_range(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median remission and share of zero remission per 5-m band of 3-D range (NaN below 100 points)."""
+    distance = np.linalg.norm(points[:, :3], axis=1)
+    band = np.digitize(distance, RANGE_EDGES) - 1
+    median, zeros = np.full(len(RANGE_EDGES) - 1, np.nan), np.full(len(RANGE_EDGES) - 1, np.nan)
+    for b in range(len(RANGE_EDGES) - 1):
+        remission = points[band == b, 3]
+        if len(remission) >= 100:
+            median[b], zeros[b] = np.median(remission), np.mean(remission == 0)
+    return median, zeros
 
 
 TEXTURE_BANDS = ((5.0, 15.0), (15.0, 30.0), (30.0, 60.0))
@@ -118,11 +138,19 @@ def report(title: str, stats: dict) -> None:
                 + ("   —      " if value is None else f"{value[0] * 100:.2f}/{value[1] * 100:.2f}")
             )
         print(f"  {name:<11} " + "   ".join(cells))
+    median, zeros = stats["remission_by_range"]
+    print("remission by 3-D range: median (share of zeros, %)")
+    cells = [
+        f"{lo:.0f}-{hi:.0f} {m:.2f} ({z * 100:.0f})"
+        for lo, hi, m, z in zip(RANGE_EDGES[:-1], RANGE_EDGES[1:], median, zeros, strict=True)
+        if not np.isnan(m)
+    ]
+    print("  " + " | ".join(cells))
 
 
 def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
     label_map = load_label_map()
-    fig, axes = plt.subplots(3, 3, figsize=(16, 13))
+    fig, axes = plt.subplots(4, 3, figsize=(16, 17))
     styles = ["-", "--"]
     for (title, stats), style in zip(runs, styles[: len(runs)], strict=True):
         for name in ("road", "sidewalk", "terrain", "building", "vegetation", "car"):
@@ -147,6 +175,15 @@ def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
             ax.set_xticks(np.arange(len(CLASSES)) + 0.2, CLASSES, rotation=45)
             ax.set(title=f"texture, {lo:.0f}–{hi:.0f} m: median |range step| / range", ylabel="%")
             ax.legend(fontsize=7)
+        centres = (RANGE_EDGES[:-1] + RANGE_EDGES[1:]) / 2
+        median, zeros = stats["remission_by_range"]
+        axes[3, 0].plot(centres, median, "o" + style, label=title)
+        axes[3, 1].plot(centres, zeros * 100, "o" + style, label=title)
+    axes[3, 0].set(title="median remission by 3-D range, all points", xlabel="range [m]")
+    axes[3, 1].set(title="share of zero remission by 3-D range", xlabel="range [m]", ylabel="%")
+    axes[3, 2].axis("off")
+    for ax in axes[3, :2]:
+        ax.legend(fontsize=7)
     axes[0, 0].set(title="remission per class", xlabel="remission")
     axes[0, 1].set(title="height z per class (sensor frame)", xlabel="z [m]")
     axes[0, 2].set(title="horizontal range per class", xlabel="range [m]")
@@ -168,11 +205,29 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, help="a synthetic data root to compare with")
     parser.add_argument("--compare-sequence", default=None)
     parser.add_argument("--compare-scans", type=int, default=3)
+    parser.add_argument(
+        "--falloff",
+        type=float,
+        nargs=3,
+        metavar=("KNEE", "POWER", "ZERO"),
+        help="dim the synthetic remission with range first (augment.remission_falloff at these values)",
+    )
     parser.add_argument("--plot", type=Path, default=Path("docs/real_calibration.png"))
     args = parser.parse_args()
     runs = [("real", statistics(load(args.real, None, 3)))]
     if args.compare is not None:
-        runs.append(("synthetic", statistics(load(args.compare, args.compare_sequence, args.compare_scans))))
+        synthetic = load(args.compare, args.compare_sequence, args.compare_scans)
+        title = "synthetic"
+        if args.falloff is not None:
+            knee, power, zero = args.falloff
+            dim = AugmentConfig(
+                remission_falloff=1.0, falloff_knee=(knee, knee), falloff_power=(power, power),
+                falloff_zero_range=(zero, zero),
+            )  # fmt: skip
+            rng = np.random.default_rng(0)
+            synthetic = [(np.column_stack([p[:, :3], dim_with_range(p, dim, rng)]), t) for p, t in synthetic]
+            title = f"synthetic, dimmed ({knee:g} m, {power:g}, {zero:g} m)"
+        runs.append((title, statistics(synthetic)))
     for title, stats in runs:
         report(title, stats)
     plot(args.plot, runs)

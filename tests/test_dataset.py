@@ -215,6 +215,43 @@ def test_remission_gain_and_noise_keep_zero_returns_zero_and_stay_in_range():
     assert noisy[:, 3].min() >= 0 and noisy[:, 3].max() <= 1
 
 
+def test_remission_falloff_dims_far_points_as_a_real_hdl64e_does():
+    # points on the x axis at 10, 20, 40 and 80 m, remission 0.4; knee 20 m, power 1, and zeros so
+    # far away (1 km) that none is drawn: 10 and 20 m keep 0.4, 40 m gets 0.4 * 20/40, 80 m 0.4 * 20/80
+    points = np.array([[10, 0, 0, 0.4], [0, 20, 0, 0.4], [-40, 0, 0, 0.4], [0, 0, 80, 0.4]], np.float32)
+    dim = dict(remission_falloff=1.0, falloff_knee=(20.0, 20.0), falloff_power=(1.0, 1.0))
+    out = augment(points, AugmentConfig(**PLAIN, **dim, falloff_zero_range=(1000.0, 1000.0)), np.random.default_rng(0))
+    np.testing.assert_allclose(out[:, 3], [0.4, 0.4, 0.2, 0.1], rtol=1e-6)
+    np.testing.assert_array_equal(out[:, :3], points[:, :3])
+    # zeroed with probability 1 / (1 + exp(-(r - zero_range) / 9)): a half at r = zero_range = 50 m,
+    # 1 / (1 + e^2) = 0.119 at 32 m; the rest keep the range gain
+    far = np.tile(np.array([[50, 0, 0, 0.4], [0, 32, 0, 0.4]], np.float32), (20000, 1))
+    out = augment(far, AugmentConfig(**PLAIN, **dim, falloff_zero_range=(50.0, 50.0)), np.random.default_rng(1))
+    assert abs((out[0::2, 3] == 0).mean() - 0.5) < 0.015
+    assert abs((out[1::2, 3] == 0).mean() - 1 / (1 + np.exp(2.0))) < 0.01
+    np.testing.assert_allclose(np.unique(out[1::2, 3]), [0.0, 0.4 * 20 / 32], rtol=1e-6)
+    # off (the default), or for the scans not drawn, remission is untouched
+    plain = augment(far, AugmentConfig(**PLAIN), np.random.default_rng(1))
+    np.testing.assert_array_equal(plain[:, 3], far[:, 3])
+    sometimes = AugmentConfig(**PLAIN, **{**dim, "remission_falloff": 0.3})
+    dimmed = [augment(far[:2], sometimes, np.random.default_rng(seed)) for seed in range(400)]
+    share = np.mean([d[1, 3] != 0.4 for d in dimmed])  # the 32-m point changes whenever the scan is drawn
+    assert 0.23 < share < 0.37
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"remission_falloff": 1.5}, "remission_falloff is a share"),
+        ({"falloff_knee": (30.0, 15.0)}, "falloff_knee: expected 0 < low <= high"),
+        ({"falloff_power": (0.0, 1.0)}, "falloff_power: expected 0 < low <= high"),
+    ],
+)
+def test_remission_falloff_settings_out_of_range_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        AugmentConfig(**bad)
+
+
 def test_beam_dropout_drops_whole_elevation_bands():
     points = _cloud(5000)
     keep = dropout_mask(points, AugmentConfig(beam_dropout=0.5), np.random.default_rng(3))

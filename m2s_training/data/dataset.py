@@ -41,6 +41,15 @@ class AugmentConfig:
     beam_dropout: float = 0.0  # drop each 0.4° elevation band with this probability (fewer beams)
     remission_scale: tuple[float, float] = (1.0, 1.0)  # one gain per scan (another sensor's calibration)
     remission_noise: float = 0.0  # per-point Gaussian noise on remission
+    # A real HDL-64E's remission fades with range beyond ~20 m and is mostly 0 beyond ~45 m, where
+    # the simulated sensor's stays flat (bench/calibrate_real.py, "remission by range"). This share
+    # of the scans is dimmed so: remission *= (knee / r) ** power beyond a knee, and each point is
+    # zeroed with probability 1 / (1 + exp(-(r - zero_range) / 9 m)); knee, power and zero_range are
+    # drawn per scan from the ranges below (the real scans' fit: 22 m, 0.9, 45 m).
+    remission_falloff: float = 0.0
+    falloff_knee: tuple[float, float] = (15.0, 30.0)  # metres
+    falloff_power: tuple[float, float] = (0.5, 1.3)
+    falloff_zero_range: tuple[float, float] = (35.0, 60.0)  # metres
     mix_prob: float = 0.0  # probability to paste an azimuth sector of another scan (PolarMix-like)
     # metres: bend the scene by two smooth height waves (wavelengths 15–60 m, random directions), as
     # real roads rise, fall and are cambered where synthetic ground is flat
@@ -48,6 +57,14 @@ class AugmentConfig:
     # metres: noise along each beam with a σ drawn per scan from [0, range_noise], so that how rough
     # a surface looks (which differs between simulation and a real sensor) is no cue to its class
     range_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.remission_falloff <= 1.0:
+            raise ValueError(f"remission_falloff is a share of scans in [0, 1], got {self.remission_falloff}")
+        for name in ("falloff_knee", "falloff_power", "falloff_zero_range"):
+            low, high = getattr(self, name)
+            if not 0.0 < low <= high:
+                raise ValueError(f"{name}: expected 0 < low <= high, got [{low}, {high}]")
 
 
 @dataclass
@@ -143,11 +160,23 @@ def augment(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator)
         xyz += rng.normal(0.0, config.jitter_std, size=xyz.shape)
     out = points.copy()
     out[:, :3] = xyz
+    if config.remission_falloff > 0 and rng.random() < config.remission_falloff:
+        out[:, 3] = dim_with_range(points, config, rng)  # the range the sensor measured, before scaling
     if config.remission_scale != (1.0, 1.0) or config.remission_noise > 0:
         remission = out[:, 3] * rng.uniform(*config.remission_scale)
         remission += rng.normal(0.0, config.remission_noise, len(remission)) * (remission > 0)  # zeros stay 0
         out[:, 3] = np.clip(remission, 0.0, 1.0)
     return out
+
+
+def dim_with_range(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """``points``' remission as a real HDL-64E returns it far away: fading beyond a knee, often 0."""
+    distance = np.linalg.norm(points[:, :3].astype(np.float64), axis=1)
+    knee, power = rng.uniform(*config.falloff_knee), rng.uniform(*config.falloff_power)
+    zero_range = rng.uniform(*config.falloff_zero_range)
+    gain = (knee / np.maximum(distance, knee)) ** power
+    zeroed = rng.random(len(points)) < 1.0 / (1.0 + np.exp(-(distance - zero_range) / 9.0))
+    return np.where(zeroed, 0.0, points[:, 3] * gain).astype(points.dtype)
 
 
 def height_waves(xy: np.ndarray, amplitude: float, rng: np.random.Generator) -> np.ndarray:
