@@ -4,7 +4,7 @@ Calibration statistics only (the scans are never trained on): per-class point sh
 height and range per class, the beam elevation table (peaks of atan2(z, range)), the azimuth step
 and the surface texture: the range step between azimuth neighbours of one class, relative to the
 range, per range band (range noise, grazing-incidence spread, leaves), and remission by range
-(median and share of zeros per 5-m band of 3-D range: the real sensor's returns fade beyond ~20 m).
+(median and share of zeros per 5-m band of 3-D range: the real sensor's returns fade beyond ~25 m).
 Prints a table and writes ``docs/real_calibration.png``. With ``--compare`` it also reads a
 synthetic sequence and prints/plots the same statistics side by side; ``--falloff KNEE POWER ZERO``
 first dims its remission as the training augmentation ``augment.remission_falloff`` does.
@@ -220,10 +220,8 @@ def main() -> None:
         title = "synthetic"
         if args.falloff is not None:
             knee, power, zero = args.falloff
-            dim = AugmentConfig(
-                remission_falloff=1.0, falloff_knee=(knee, knee), falloff_power=(power, power),
-                falloff_zero_range=(zero, zero),
-            )  # fmt: skip
+            fixed = {"falloff_knee": (knee, knee), "falloff_power": (power, power), "falloff_zero_range": (zero, zero)}
+            dim = AugmentConfig(remission_falloff=1.0, **fixed)
             rng = np.random.default_rng(0)
             synthetic = [(np.column_stack([p[:, :3], dim_with_range(p, dim, rng)]), t) for p, t in synthetic]
             title = f"synthetic, dimmed ({knee:g} m, {power:g}, {zero:g} m)"

@@ -41,7 +41,7 @@ class AugmentConfig:
     beam_dropout: float = 0.0  # drop each 0.4° elevation band with this probability (fewer beams)
     remission_scale: tuple[float, float] = (1.0, 1.0)  # one gain per scan (another sensor's calibration)
     remission_noise: float = 0.0  # per-point Gaussian noise on remission
-    # A real HDL-64E's remission fades with range beyond ~20 m and is mostly 0 beyond ~45 m, where
+    # A real HDL-64E's remission fades with range beyond ~25 m and is mostly 0 beyond ~45 m, where
     # the simulated sensor's stays flat (bench/calibrate_real.py, "remission by range"). This share
     # of the scans is dimmed so: remission *= (knee / r) ** power beyond a knee, and each point is
     # zeroed with probability 1 / (1 + exp(-(r - zero_range) / 9 m)); knee, power and zero_range are
