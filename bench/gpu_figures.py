@@ -30,6 +30,7 @@ import torch
 from bench.bench_backbones import read_scan, synthetic_scan
 from m2s_perception.inference import Segmenter
 from m2s_perception.models import ModelConfig, build_model
+from m2s_perception.models.ensemble import first_members
 from m2s_perception.resources import DEMO_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,8 +57,7 @@ def models(checkpoint: Path = DEMO_CHECKPOINT) -> dict[str, tuple[torch.nn.Modul
     count = demo.config.members
     found[f"{checkpoint.stem}, {count} network{'s' if count > 1 else ''}"] = (demo.model, demo.config)
     for members in range(count - 1, 0, -1):  # the node's ensemble_members: fewer, faster
-        fewer = Segmenter.from_checkpoint(checkpoint, "cpu", members=members)
-        found[f"{checkpoint.stem}, first {members} of {count}"] = (fewer.model, fewer.config)
+        found[f"{checkpoint.stem}, first {members} of {count}"] = first_members(demo.model, members)
     for name, width in (("polar teacher 480x360x32", 1.0), ("polar student 480x360x32", 0.5)):
         config = ModelConfig.from_yaml(REPO / "config/model_polar.yaml")
         config.width = width
