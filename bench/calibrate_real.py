@@ -4,7 +4,9 @@ Calibration statistics only (the scans are never trained on): per-class point sh
 height and range per class, the beam elevation table (peaks of atan2(z, range)), the azimuth step
 and the surface texture: the range step between azimuth neighbours of one class, relative to the
 range, per range band (range noise, grazing-incidence spread, leaves), and remission by range
-(median and share of zeros per 5-m band of 3-D range: the real sensor's returns fade beyond ~25 m).
+(median and share of zeros per 5-m band of 3-D range: the real sensor's returns fade beyond ~25 m)
+and the local shape of each class, the scattering λ3/λ1 of its 1-m neighbourhoods per range band
+(0 on a plane, 1 in a ball: real crowns grow more ragged with range, a wall stays flat).
 Prints a table and writes ``docs/real_calibration.png``. With ``--compare`` it also reads a
 synthetic sequence and prints/plots the same statistics side by side; ``--falloff KNEE POWER ZERO``
 first dims its remission as the training augmentation ``augment.remission_falloff`` does.
@@ -71,6 +73,7 @@ def statistics(scans: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     stats["points"], stats["labels"], stats["rho"] = points, labels, rho
     stats["texture"] = texture(scans)
     stats["remission_by_range"] = remission_by_range(points)
+    stats["scattering"] = scattering(scans)
     return stats
 
 
@@ -115,6 +118,37 @@ def texture(scans: list[tuple[np.ndarray, np.ndarray]]) -> dict[tuple[str, float
     return out
 
 
+SCATTER_CLASSES = ("vegetation", "building", "terrain", "sidewalk")
+
+
+def scattering(
+    scans: list[tuple[np.ndarray, np.ndarray]], radius: float = 1.0, queries: int = 400, seed: int = 0
+) -> dict[tuple[str, float], float]:
+    """Median scattering λ3/λ1 (smallest over largest eigenvalue of the covariance) of the points of
+    one class within ``radius`` of a point of that class (at least 5), per class and range band, over
+    up to ``queries`` points per class, band and scan. 0 for a surface, 1 for a filled ball."""
+    label_map = load_label_map()
+    rng = np.random.default_rng(seed)
+    values: dict[tuple[str, float], list[float]] = {}
+    for points, labels in scans:
+        distance = np.linalg.norm(points[:, :3], axis=1)
+        for name in SCATTER_CLASSES:
+            mask = labels == label_map.class_names.index(name)
+            xyz, dist = points[mask, :3].astype(np.float64), distance[mask]
+            for lo, hi in TEXTURE_BANDS:
+                in_band = np.flatnonzero((dist >= lo) & (dist < hi))
+                picked = rng.choice(in_band, min(queries, len(in_band)), replace=False)
+                out = values.setdefault((name, lo), [])
+                per_chunk = max(1, 2_000_000 // max(len(xyz), 1))  # about 2 M distances at a time
+                for chunk in np.array_split(picked, max(1, -(-len(picked) // per_chunk))):
+                    near = ((xyz[chunk, None, :] - xyz[None]) ** 2).sum(-1) < radius**2
+                    for row in near:
+                        if row.sum() >= 5:
+                            eig = np.linalg.eigvalsh(np.cov(xyz[row].T))
+                            out.append(eig[0] / max(eig[2], 1e-12))
+    return {key: float(np.median(v)) for key, v in values.items() if len(v) >= 20}
+
+
 def report(title: str, stats: dict) -> None:
     print(f"== {title}: {stats['points_per_scan']:,.0f} points/scan, azimuth step {stats['azimuth_step']:.4f} deg")
     el = np.percentile(stats["elevation"], [0.1, 50, 99.9])
@@ -146,6 +180,10 @@ def report(title: str, stats: dict) -> None:
         if not np.isnan(m)
     ]
     print("  " + " | ".join(cells))
+    print("scattering λ3/λ1 of 1-m same-class neighbourhoods, median per range band")
+    for name in SCATTER_CLASSES:
+        cells = [f"{lo:.0f}-{hi:.0f} m {stats['scattering'].get((name, lo), np.nan):.3f}" for lo, hi in TEXTURE_BANDS]
+        print(f"  {name:<11} " + "   ".join(cells))
 
 
 def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
@@ -181,7 +219,14 @@ def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
         axes[3, 1].plot(centres, zeros * 100, "o" + style, label=title)
     axes[3, 0].set(title="median remission by 3-D range, all points", xlabel="range [m]")
     axes[3, 1].set(title="share of zero remission by 3-D range", xlabel="range [m]", ylabel="%")
-    axes[3, 2].axis("off")
+    for (title, stats), offset in zip(runs, (0.0, 0.4), strict=False):
+        keys = [(n, lo) for n in SCATTER_CLASSES[:2] for lo, _ in TEXTURE_BANDS]
+        heights = [stats["scattering"].get(key, 0.0) for key in keys]
+        axes[3, 2].bar(np.arange(len(keys)) + offset, heights, width=0.4, label=title)
+    ticks = [f"{n[:4]} {lo:.0f}–{hi:.0f}" for n in SCATTER_CLASSES[:2] for lo, hi in TEXTURE_BANDS]
+    axes[3, 2].set_xticks(np.arange(len(ticks)) + 0.2, ticks, rotation=45)
+    axes[3, 2].set(title="scattering λ3/λ1 of 1-m neighbourhoods (median)")
+    axes[3, 2].legend(fontsize=7)
     for ax in axes[3, :2]:
         ax.legend(fontsize=7)
     axes[0, 0].set(title="remission per class", xlabel="remission")
