@@ -185,11 +185,21 @@ def main() -> int:
 def fuzz(rng: np.random.Generator, messages: int, node, client: Client) -> dict:
     valid_sent = valid_answered = 0
     sec = 1
+    # Every message sent, counted, so that the next goes out only once the node's counters account
+    # for this many. Waiting for "more than before" is not enough: a labelled cloud can arrive before
+    # the diagnostics that count it, and their late increment would then release the next message
+    # while this one is still in the node (it would be dropped for the newer one, not decoded).
+    sent = client.accounted()
+
+    def settled() -> bool:
+        return client.wait_until(lambda: client.accounted() >= sent or not node.alive(), 10.0)
 
     def probe() -> None:
-        nonlocal valid_sent, valid_answered, sec
+        nonlocal valid_sent, valid_answered, sec, sent
         valid_sent += 1
+        sent += 1
         valid_answered += client.request(valid_cloud(int(rng.integers(500, 3000)), sec, sec))
+        settled()
         sec += 1
 
     for _ in range(20):  # warm-up: allocator pools, model, DDS buffers
@@ -203,10 +213,11 @@ def fuzz(rng: np.random.Generator, messages: int, node, client: Client) -> dict:
             kinds[kind] = kinds.get(kind, 0) + 1
         msg.header.stamp.sec = sec
         sec += 1
-        before = client.accounted()
+        sent += 1
         client.publisher.publish(msg)
-        if not client.wait_until(lambda before=before: client.accounted() > before or not node.alive(), 10.0):
+        if not settled():
             unaccounted += 1
+            sent = client.accounted()  # counted once; the next message is not blamed for it
         if not node.alive():
             break
         if (k + 1) % 50 == 0:

@@ -142,8 +142,12 @@ def test_stale_scans_are_dropped_not_queued(checkpoint, tmp_dir):
         )
         stats = client.diagnostics[status]
         assert len(client.outputs) < len(burst)
-        assert int(stats["scans_received"]) == len(burst)
-        assert int(stats["scans_dropped"]) == len(burst) - len(client.outputs) > 0
+        # keep-last-1 input: when the executor is slow to take a scan (a loaded machine), DDS itself
+        # replaces it with the next, which the node never sees; every scan it does see is labelled or
+        # dropped for a newer one, none is queued
+        received = int(stats["scans_received"])
+        assert len(burst) // 2 < received <= len(burst)
+        assert int(stats["scans_dropped"]) == received - len(client.outputs) > 0
         assert client.output_order[-1] == last  # the newest scan is the one that survived
         assert float(stats["total_ms_p50"]) >= 500.0
         assert node.stop(signal.SIGINT) == 0, node.log()
