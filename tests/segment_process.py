@@ -113,9 +113,9 @@ class CloudClient:
     def request(self, msg: PointCloud2, timeout: float = 20.0, resend_after: float = 5.0) -> PointCloud2:
         """Publish ``msg`` and wait for the labelled cloud with the same stamp.
 
-        Sent once more if unanswered after ``resend_after`` s: the node's input is best effort, and a
-        scan published just after discovery can reach the node's reader before that reader has matched
-        our writer (seen once, in a clean-clone `make test` on a slower 2-core machine); DDS drops it."""
+        Sent once more if unanswered after ``resend_after`` s: once, in a clean-clone ``make test`` on a
+        slower 2-core machine, the first scan after ``wait_for_node`` was never answered (reliable QoS on
+        both sides; a discovery race suspected, the cause not found). No test counts these requests."""
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         self.publisher.publish(msg)
         if not self.wait_until(lambda: key in self.outputs, min(resend_after, timeout)):
