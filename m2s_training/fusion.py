@@ -23,9 +23,12 @@ The official M2SKD code fuses differently, and ``placement="centroid"`` with
 so its centroid equals the same instance's centroid in scan t (instances absent from scan t are
 dropped), and scans with fewer than ``k_previous`` predecessors get no fused points.
 
+Neighbours never cross a break in the recording (:attr:`Sequence.drives`, from the time stamps):
+``m2s-synth --streets`` writes several short streets, each its own world, into one sequence.
+
 Fused inputs are cached on disk as ``.npz`` keyed by sequence, scan index and a hash of the
 configuration, the data root and the size and mtime of every file read (scans, labels, poses,
-calibration), so regenerated data is never served stale; writes are atomic.
+calibration, times), so regenerated data is never served stale; writes are atomic.
 """
 
 from __future__ import annotations
@@ -137,13 +140,22 @@ class MultiScanFuser:
             "version": _CACHE_VERSION,
         }
 
-    def neighbours(self, index: int, length: int) -> list[int]:
-        """Scan indices fused into scan ``index``: up to k previous, then up to k next."""
-        if self.full_history_only and index < self.k_previous:
+    def neighbours(self, index: int, length: int, drives: np.ndarray | None = None) -> list[int]:
+        """Scan indices fused into scan ``index``: up to k previous, then up to k next, all of the
+        same drive (``drives``: one id per scan, :attr:`Sequence.drives`; None: one drive)."""
+        first, end = 0, length
+        if drives is not None:
+            same = np.flatnonzero(np.asarray(drives) == drives[index])  # contiguous: ids only grow
+            first, end = int(same[0]), int(same[-1]) + 1
+        if self.full_history_only and index - first < self.k_previous:
             return []
-        previous = range(max(0, index - self.k_previous), index)
-        following = range(index + 1, min(length, index + 1 + self.k_next))
+        previous = range(max(first, index - self.k_previous), index)
+        following = range(index + 1, min(end, index + 1 + self.k_next))
         return [*previous, *following]
+
+    def neighbours_in(self, sequence: Sequence, index: int) -> list[int]:
+        """:meth:`neighbours` of scan ``index`` in ``sequence``, never crossing a break in its recording."""
+        return self.neighbours(index, len(sequence), sequence.drives)
 
     # --- public entry point --------------------------------------------------------------------
 
@@ -186,7 +198,7 @@ class MultiScanFuser:
         current_world_centroids = _apply(world_from_current, current.centroids)
         current_from_world = np.linalg.inv(world_from_current)
         parts = []
-        for j in self.neighbours(index, len(sequence)):
+        for j in self.neighbours_in(sequence, index):
             neighbour = self._instances(sequence, j, transform=current_from_world @ poses[j])
             parts.append(self._place(neighbour, current, current_world_centroids, world_from_current))
         return FusedPoints.concatenate(parts)
@@ -195,7 +207,7 @@ class MultiScanFuser:
         """The official M2SKD rule: no poses; each neighbour instance moved onto its centroid in scan t."""
         current = self._instances(sequence, index, transform=None)
         parts = []
-        for j in self.neighbours(index, len(sequence)):
+        for j in self.neighbours_in(sequence, index):
             neighbour = self._instances(sequence, j, transform=None)
             present, rows = _rows_in(current.unique_keys, neighbour.unique_keys)
             shift = np.zeros_like(neighbour.centroids)
@@ -265,9 +277,9 @@ class MultiScanFuser:
 
 
 def _input_signature(fuser: MultiScanFuser, sequence: Sequence, index: int) -> list:
-    """(name, size, mtime_ns) of the scans, labels, poses and calibration that ``fuse`` reads."""
-    scans = [index, *fuser.neighbours(index, len(sequence))]
-    paths = [sequence.path / "poses.txt", sequence.path / "calib.txt"]
+    """(name, size, mtime_ns) of the scans, labels, poses, calibration and times that ``fuse`` reads."""
+    scans = [index, *fuser.neighbours_in(sequence, index)]
+    paths = [sequence.path / "poses.txt", sequence.path / "calib.txt", sequence.path / "times.txt"]
     paths += [p for i in scans for p in (sequence.scan_paths[i], sequence.label_path(i))]
     signature = []
     for path in paths:

@@ -232,3 +232,30 @@ def test_official_fusion_starts_at_the_fifth_scan(sequence):
     assert len(fuser.fuse(sequence, 4)) > 0
     with pytest.raises(ValueError, match="placement"):
         MultiScanFuser(placement="icp")
+
+
+def test_neighbours_stay_inside_their_drive():
+    drives = np.array([0, 0, 0, 1, 1, 1])
+    fuser = MultiScanFuser(k_previous=2, k_next=2)
+    assert fuser.neighbours(2, 6, drives) == [0, 1]  # scans 3 and 4 are another street
+    assert fuser.neighbours(3, 6, drives) == [4, 5]  # first of its drive: nothing before it
+    assert fuser.neighbours(4, 6, drives) == [3, 5]
+    assert fuser.neighbours(4, 6) == [2, 3, 5]  # without drives: one recording
+    official = MultiScanFuser(k_previous=2, full_history_only=True)
+    assert official.neighbours(4, 6, drives) == []  # one predecessor in its drive, two needed
+    assert official.neighbours(5, 6, drives) == [3, 4]
+
+
+def test_fusion_does_not_cross_a_break_in_the_recording(sequence, tmp_path):
+    """The same six scans, but the recording breaks off after scan 2 (a minute's gap in times.txt)."""
+    seq_dir = tmp_path / "sequences" / "00"
+    seq_dir.mkdir(parents=True)
+    for name in ("velodyne", "labels", "poses.txt", "calib.txt"):
+        (seq_dir / name).symlink_to(sequence.path / name)
+    write_times(seq_dir / "times.txt", np.array([0.0, 0.1, 0.2, 60.2, 60.3, 60.4]))
+    broken = Sequence(tmp_path, "00")
+    person_size = len(_points_of(sequence, 0, PERSON, 1))
+    fuser = MultiScanFuser(k_previous=4, moving="drop")
+    assert len(fuser.fuse(sequence, 5)) == 4 * person_size  # one recording: scans 1..4
+    assert len(fuser.fuse(broken, 5)) == 2 * person_size  # scans 3 and 4 only
+    assert len(fuser.fuse(broken, 3)) == 0  # first scan after the break

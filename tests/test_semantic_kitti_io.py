@@ -6,6 +6,7 @@ from m2s_training.data.semantic_kitti import (
     KittiFormatError,
     Sequence,
     camera_poses,
+    drive_ids,
     lidar_poses,
     pack_labels,
     read_calib,
@@ -138,3 +139,23 @@ def test_prediction_export_writes_raw_ids(tmp_path):
     path = write_prediction(tmp_path, "8", "000042", np.array([1, 6, 9, 19]), label_map)
     assert path == tmp_path / "sequences" / "08" / "predictions" / "000042.label"
     np.testing.assert_array_equal(np.fromfile(path, dtype=np.uint32), [10, 30, 40, 81])
+
+
+def test_drive_ids_break_where_time_jumps_or_goes_back():
+    # 10 Hz scans; a minute's pause after the third (m2s-synth --streets); a clock reset after the fifth
+    times = np.array([0.0, 0.1, 0.2, 60.2, 60.3, 0.0, 0.1])
+    np.testing.assert_array_equal(drive_ids(times), [0, 0, 0, 1, 1, 2, 2])
+    # scans 1 s apart (--stride 10) are one drive: the break is relative to the usual step
+    np.testing.assert_array_equal(drive_ids(np.arange(6) * 1.0), [0] * 6)
+    # real KITTI stamps jitter around 0.1036 s: still one drive
+    np.testing.assert_array_equal(drive_ids(np.array([0.0, 0.1037, 0.2072, 0.3110, 0.4145])), [0] * 5)
+    np.testing.assert_array_equal(drive_ids(np.array([5.0])), [0])
+
+
+def test_sequence_drives_from_times_and_one_drive_without_times(tmp_path):
+    seq_dir = tmp_path / "sequences" / "00"
+    for j in range(4):
+        write_scan(seq_dir / "velodyne" / f"{j:06d}.bin", np.zeros((3, 4), np.float32))
+    assert list(Sequence(tmp_path, "00").drives) == [0, 0, 0, 0]  # a plain folder of scans
+    write_times(seq_dir / "times.txt", np.array([0.0, 0.1, 61.0, 61.1]))
+    assert list(Sequence(tmp_path, "00").drives) == [0, 0, 1, 1]

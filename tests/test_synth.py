@@ -451,3 +451,42 @@ def test_stride_keeps_every_nth_sweep(tmp_path):
     np.testing.assert_allclose(steps, 2.4, atol=0.05)  # the lane weave adds a few cm
     with pytest.raises(SystemExit):
         synth_main(["--out", str(tmp_path), "--stride", "0"])
+
+
+def test_streets_split_a_sequence_into_worlds_with_a_break_between(tmp_path, capsys):
+    """--scans 5 --streets 2: streets of 3 and 2 scans, each starting its own poses, a minute apart."""
+    argv = ["--out", str(tmp_path / "two"), "--sequences", "00", "--scans", "5", "--streets", "2"]
+    assert synth_main(argv) == 0
+    assert "5 scans in 2 streets" in capsys.readouterr().out
+    sequence = Sequence(tmp_path / "two", "00")
+    assert len(sequence) == 5
+    times = np.loadtxt(sequence.path / "times.txt")
+    np.testing.assert_allclose(times, [0.0, 0.1, 0.2, 60.2, 60.3], atol=1e-6)
+    assert list(sequence.drives) == [0, 0, 0, 1, 1]
+    np.testing.assert_allclose(sequence.poses[0], np.eye(4), atol=1e-8)
+    np.testing.assert_allclose(sequence.poses[3], np.eye(4), atol=1e-8)
+    assert sequence.poses[2][0, 3] > 1.0  # the car drove down street 0 before the break
+
+    # Street 0 is the one-street sequence of its length (same seed, same bytes); street 1 is another world.
+    assert synth_main(["--out", str(tmp_path / "one"), "--sequences", "00", "--scans", "3"]) == 0
+    for j in range(3):
+        for rel in (f"velodyne/{j:06d}.bin", f"labels/{j:06d}.label"):
+            assert (sequence.path / rel).read_bytes() == (tmp_path / "one/sequences/00" / rel).read_bytes()
+    # A street of 2 scans drawn from street 0's seeds would equal this one-street sequence: street 1 must not.
+    assert synth_main(["--out", str(tmp_path / "short"), "--sequences", "00", "--scans", "2"]) == 0
+    for j in range(2):
+        short = (tmp_path / "short/sequences/00/velodyne" / f"{j:06d}.bin").read_bytes()
+        assert (sequence.path / "velodyne" / f"{3 + j:06d}.bin").read_bytes() != short
+
+
+def test_streets_one_is_the_default_and_more_streets_than_scans_is_refused(tmp_path, capsys):
+    assert synth_main(["--out", str(tmp_path / "a"), "--sequences", "00", "--scans", "3"]) == 0
+    assert synth_main(["--out", str(tmp_path / "b"), "--sequences", "00", "--scans", "3", "--streets", "1"]) == 0
+    for rel in ("velodyne/000002.bin", "labels/000002.label", "poses.txt", "times.txt"):
+        assert (tmp_path / "a/sequences/00" / rel).read_bytes() == (tmp_path / "b/sequences/00" / rel).read_bytes()
+    for streets in ("4", "0"):
+        with pytest.raises(SystemExit) as exit_info:
+            synth_main(["--out", str(tmp_path / "c"), "--scans", "3", "--streets", streets])
+        assert exit_info.value.code == 2
+    assert "more than the 3 scans" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -137,6 +137,24 @@ def read_times(path: str | Path, expected: int | None = None) -> np.ndarray:
     return np.asarray(times, dtype=np.float64)
 
 
+DRIVE_BREAK = 5.0  # a step of more than 5x the usual scan period: the recording broke off there
+
+
+def drive_ids(times: np.ndarray) -> np.ndarray:
+    """(n,) int: which unbroken recording ("drive") each scan belongs to, numbered from 0.
+
+    A new drive starts where the time stamps go backwards or jump by more than ``DRIVE_BREAK`` times
+    the median step (``m2s-synth --streets`` leaves a minute between its streets). Scans of different
+    drives are different places even when their poses coincide, so nothing fuses across them.
+    """
+    steps = np.diff(np.asarray(times, dtype=np.float64))
+    if not len(steps):
+        return np.zeros(len(times), dtype=np.int64)
+    usual = np.median(steps[steps > 0]) if np.any(steps > 0) else 0.0
+    breaks = (steps <= 0) | (steps > DRIVE_BREAK * usual)
+    return np.concatenate([[0], np.cumsum(breaks)]).astype(np.int64)
+
+
 def lidar_poses(camera_poses: np.ndarray, tr_lidar_to_camera: np.ndarray) -> np.ndarray:
     """T_world_lidar = Tr⁻¹ · P · Tr: the KITTI camera-frame poses expressed for the LiDAR."""
     tr_inv = np.linalg.inv(tr_lidar_to_camera)
@@ -225,6 +243,13 @@ class Sequence:
     @cached_property
     def times(self) -> np.ndarray:
         return read_times(self.path / "times.txt", expected=len(self))[: len(self)]
+
+    @cached_property
+    def drives(self) -> np.ndarray:
+        """(len,) drive id per scan (:func:`drive_ids`); one drive for a folder without times.txt."""
+        if not (self.path / "times.txt").is_file():
+            return np.zeros(len(self), dtype=np.int64)
+        return drive_ids(self.times)
 
     def points(self, index: int) -> np.ndarray:
         return read_scan(self.scan_paths[index])

@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
         "training; keep 1 for multi-scan fusion (teacher, distill, m2skd), which needs consecutive sweeps",
     )
     parser.add_argument(
+        "--streets",
+        type=_positive_int,
+        default=1,
+        help="split each sequence's scans into N short streets, each its own world: more street "
+        "layouts for the same number of scans; multi-scan fusion never crosses from one street to the next",
+    )
+    parser.add_argument(
         "--set",
         dest="settings",
         action="append",
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         parser.error(str(error))
     scans = args.scans or preset.scans
+    if args.streets > scans:
+        parser.error(f"--streets {args.streets} is more than the {scans} scans per sequence")
     label_map = load_label_map()
     first_scan: list[Scan] = []
 
@@ -89,14 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.sequences:
             progress.set_postfix(sequence=name)
             summaries.append(
-                write_sequence(args.out, name, preset, scans, args.seed, on_scan=on_scan, stride=args.stride)
+                write_sequence(
+                    args.out, name, preset, scans, args.seed, on_scan=on_scan, stride=args.stride, streets=args.streets
+                )
             )
 
     for summary in summaries:
         train_ids = np.unique(label_map.to_train(np.array(sorted(summary.raw_ids), dtype=np.int64)))
         classes = [label_map.class_names[i] for i in train_ids if i != 0]
+        streets = f" in {summary.streets} streets" if summary.streets > 1 else ""
         print(
-            f"{summary.path}: {summary.scans} scans, {summary.points / summary.scans:,.0f} points/scan, "
+            f"{summary.path}: {summary.scans} scans{streets}, {summary.points / summary.scans:,.0f} points/scan, "
             f"{len(classes)}/{label_map.num_classes - 1} classes: {', '.join(classes)}"
         )
     if args.preview is not None:

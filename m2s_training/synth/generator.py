@@ -54,6 +54,7 @@ class SequenceSummary:
     path: Path
     scans: int = 0
     points: int = 0
+    streets: int = 1
     raw_ids: set[int] = field(default_factory=set)
 
 
@@ -64,16 +65,35 @@ def sequence_name(sequence: str | int) -> str:
     return f"{int(text):02d}"
 
 
-class SequenceSimulator:
-    """The world, trajectory and sensor of one sequence; :meth:`scan` is deterministic per index."""
+# Between two streets of one sequence the recording breaks off for a minute: readers see the jump
+# in times.txt (m2s_training.data.semantic_kitti.drive_ids) and never fuse scans across it.
+STREET_BREAK_S = 60.0
 
-    def __init__(self, preset: Preset, scans: int, seed: int, sequence: str, stride: int = 1):
-        if scans < 1 or stride < 1:
-            raise ValueError(f"scans and stride must be at least 1, got {scans}, {stride}")
+
+def street_sizes(scans: int, streets: int) -> list[int]:
+    """Scans per street when a sequence of ``scans`` is split into ``streets`` (the first get one
+    more when it does not divide)."""
+    if streets < 1 or scans < streets:
+        raise ValueError(f"need 1 <= streets <= scans, got {streets} streets for {scans} scans")
+    base, extra = divmod(scans, streets)
+    return [base + (k < extra) for k in range(streets)]
+
+
+class SequenceSimulator:
+    """The world, trajectory and sensor of one street; :meth:`scan` is deterministic per index.
+
+    Street 0 of a sequence is what a one-street sequence always was (same seed, same bytes); street k
+    of a ``--streets`` sequence draws its own world from the seed, the sequence and k.
+    """
+
+    def __init__(self, preset: Preset, scans: int, seed: int, sequence: str, stride: int = 1, street: int = 0):
+        if scans < 1 or stride < 1 or street < 0:
+            raise ValueError(f"scans and stride must be at least 1 and street >= 0, got {scans}, {stride}, {street}")
         self.preset = preset
         self.times = np.arange(scans) * stride / preset.sensor.rate_hz  # every stride-th sweep
         self.poses = ego_poses(self.times, preset.ego_speed, preset.sensor.mount_height)
-        seeds = np.random.SeedSequence([seed, int(sequence_name(sequence))]).spawn(scans + 1)
+        key = [seed, int(sequence_name(sequence))] + ([street] if street else [])
+        seeds = np.random.SeedSequence(key).spawn(scans + 1)
         self._scan_seeds = seeds[1:]
         path_end = float(self.poses[-1, 0, 3])
         reach = preset.sensor.max_range + 10.0
@@ -110,27 +130,38 @@ def write_sequence(
     seed: int = 0,
     on_scan: Callable[[int, Scan], None] | None = None,
     stride: int = 1,
+    streets: int = 1,
 ) -> SequenceSummary:
+    """Write one sequence of ``scans`` scans: ``streets`` short streets, each its own world, one after
+    another (each street's poses start at its own first scan; a minute's break in times.txt between)."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     name = sequence_name(sequence)
-    sim = SequenceSimulator(preset, preset.scans if scans is None else scans, seed, name, stride)
+    sizes = street_sizes(preset.scans if scans is None else scans, streets)
     final = Path(out_root) / "sequences" / name
     summary = SequenceSummary(final)
+    poses, times, start = [], [], 0.0
     # The sequence is written beside its final folder and renamed into place: an interrupted
     # regeneration leaves the previous sequence whole, never new scans beside old poses.
     with atomic_path(final, replace_dir=_is_sequence_folder) as path:
-        for index in range(len(sim)):
-            scan = sim.scan(index)
-            write_scan(path / "velodyne" / f"{index:06d}.bin", scan.points)
-            write_labels(path / "labels" / f"{index:06d}.label", scan.semantic, scan.instance)
-            summary.scans += 1
-            summary.points += len(scan.points)
-            summary.raw_ids.update(np.unique(scan.semantic).tolist())
-            if on_scan is not None:
-                on_scan(index, scan)
-        write_poses(path / "poses.txt", camera_poses(sim.relative_poses(), TR_LIDAR_TO_CAMERA))
+        for street, size in enumerate(sizes):
+            sim = SequenceSimulator(preset, size, seed, name, stride, street)
+            for i in range(len(sim)):
+                index = summary.scans
+                scan = sim.scan(i)
+                write_scan(path / "velodyne" / f"{index:06d}.bin", scan.points)
+                write_labels(path / "labels" / f"{index:06d}.label", scan.semantic, scan.instance)
+                summary.scans += 1
+                summary.points += len(scan.points)
+                summary.raw_ids.update(np.unique(scan.semantic).tolist())
+                if on_scan is not None:
+                    on_scan(index, scan)
+            poses.append(camera_poses(sim.relative_poses(), TR_LIDAR_TO_CAMERA))
+            times.append(start + sim.times)
+            start = float(times[-1][-1]) + STREET_BREAK_S
+        write_poses(path / "poses.txt", np.concatenate(poses))
         write_calib(path / "calib.txt", TR_LIDAR_TO_CAMERA)
-        write_times(path / "times.txt", sim.times)
+        write_times(path / "times.txt", np.concatenate(times))
+    summary.streets = len(sizes)
     return summary
 
 
