@@ -78,7 +78,7 @@ class CloudClient:
         self.publisher = self.node.create_publisher(PointCloud2, input_topic, reliable)
         self.outputs: dict[tuple[int, int], PointCloud2] = {}
         self.output_order: list[tuple[int, int]] = []
-        self.node.create_subscription(PointCloud2, output_topic, self._on_output, reliable)
+        self.subscription = self.node.create_subscription(PointCloud2, output_topic, self._on_output, reliable)
         self.diagnostics: dict[str, dict[str, str]] = {}
         self.levels: dict[str, tuple[int, str]] = {}  # status name -> (level, message) of the latest report
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -102,11 +102,16 @@ class CloudClient:
             self.executor.spin_once(timeout_sec=0.05)
         return condition()
 
-    def wait_for_node(self, node: SegmentProcess, timeout: float = 60.0) -> None:
-        """Until the node subscribes to our input topic (it does so after loading and warm-up)."""
-        started = self.wait_until(
-            lambda: self.publisher.get_subscription_count() > 0 or node.process.poll() is not None, timeout
-        )
+    def wait_for_node(self, node: SegmentProcess, timeout: float = 60.0, output: bool = True) -> None:
+        """Until both directions are matched: our input writer with the node's reader (the node
+        subscribes after loading and warm-up) and, with ``output``, our output reader with the node's
+        writer (a labelled cloud sent before that match would be lost, reliable or not)."""
+
+        def matched() -> bool:
+            inputs = self.publisher.get_subscription_count() > 0
+            return inputs and (not output or self.subscription.get_publisher_count() > 0)
+
+        started = self.wait_until(lambda: matched() or node.process.poll() is not None, timeout)
         if not started or node.process.poll() is not None:
             raise AssertionError(f"m2s-segment did not come up within {timeout} s; log:\n{node.log()}")
 
@@ -115,7 +120,9 @@ class CloudClient:
 
         Sent once more if unanswered after ``resend_after`` s: once, in a clean-clone ``make test`` on a
         slower 2-core machine, the first scan after ``wait_for_node`` was never answered (reliable QoS on
-        both sides; a discovery race suspected, the cause not found). No test counts these requests."""
+        both sides), when ``wait_for_node`` still waited for the input direction alone. It waits for both
+        now; the resend stays as a guard, since that one failure was not reproduced to confirm the cause.
+        No test counts these requests."""
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         self.publisher.publish(msg)
         if not self.wait_until(lambda: key in self.outputs, min(resend_after, timeout)):
