@@ -1,0 +1,144 @@
+"""How much an ensemble's score on real scans depends on which seeds it averages: every k-member
+ensemble of each pool of trained students, scored like ``m2s-eval --split all`` (present-class mIoU).
+
+    .venv/bin/python -m bench.ensemble_spread --data ../shared/real/semantickitti --size 4 \\
+        --pool shipped-recipe runs/s2r/ship_s{0,1,2,3,10,11,12,13}/final.pt \\
+        --pool streets-g15 runs/s2r/str_s1{0,1,2,3}/final.pt runs/s2r/g15f_s{0,1,2,3}/final.pt \\
+        --check runs/s2r/ship_x4_r9.pt=runs/s2r/eval_ship_x4_r9 --plot docs/ensemble_spread.png
+
+A pool member may be an ensemble checkpoint: each of its networks joins the pool. Each network runs
+once per scan (the node's torch engine, float32 on the CPU); an ensemble's label is the argmax of
+its members' mean class probability, as ``m2s_perception/models/ensemble.py`` computes it. Two
+recipes compared by one ensemble each differ by the luck of their seeds as well; this prints the
+spread of every ensemble of the same size that the pool allows. ``--check CKPT=EVAL_OUT`` first
+re-scores a checkpoint this way and stops unless it matches the ``metrics.json`` that ``m2s-eval
+--out EVAL_OUT`` wrote for it (on the same machine: figures differ slightly across CPUs).
+Evaluation only: never train or select per scan on the real scans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from m2s_perception.checkpoint import load_model
+from m2s_perception.inference import Segmenter, labels_from_logits
+from m2s_perception.labels import load_label_map
+from m2s_perception.models.ensemble import Ensemble
+from m2s_training.data.semantic_kitti import Sequence, existing_split
+from m2s_training.metrics import SegmentationMetrics, confusion_matrix
+
+
+def networks_of(path: Path) -> list[Segmenter]:
+    """One single-network Segmenter per network in the checkpoint (an ensemble gives several)."""
+    model, config, _meta = load_model(path, "cpu")
+    if isinstance(model, Ensemble):
+        return [Segmenter(member, model.member_config, "cpu") for member in model.members]
+    return [Segmenter(model, config, "cpu")]
+
+
+def log_probabilities(segmenter: Segmenter, points: np.ndarray) -> torch.Tensor:
+    """(N, C) float32 log-softmax of one network's point logits, through the node's engine."""
+    logits = segmenter.engine.run(segmenter.binning(points), logits=True).point_logits
+    return torch.log_softmax(torch.from_numpy(logits).float(), dim=1)
+
+
+def ensemble_labels(members: list[torch.Tensor]) -> torch.Tensor:
+    """The labels of the mean probability of ``members`` (each (N, C) log-probabilities)."""
+    mean = torch.logsumexp(torch.stack(members), dim=0) - math.log(len(members))
+    return labels_from_logits(mean)[0]
+
+
+def present_class_miou(confusion: torch.Tensor) -> float:
+    """Mean IoU over the classes present in the ground truth (rows with points), as ``m2s-eval``."""
+    metrics = SegmentationMetrics.from_confusion(confusion)
+    present = [c for c in range(1, len(confusion)) if int(confusion[c].sum()) > 0]
+    return float(metrics.iou[present].mean()) if present else 0.0
+
+
+def score(members: list[list[torch.Tensor]], targets: list[torch.Tensor], num_classes: int) -> float:
+    """Present-class mIoU of the ensemble whose per-scan log-probabilities are ``members[i][scan]``."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for scan, target in enumerate(targets):
+        labels = ensemble_labels([member[scan] for member in members])
+        confusion += confusion_matrix(labels, target, num_classes)
+    return present_class_miou(confusion)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="labelled scans in SemanticKITTI layout")
+    parser.add_argument("--pool", nargs="+", action="append", required=True, metavar=("NAME", "CKPT"))
+    parser.add_argument("--size", type=int, default=4, help="networks per ensemble")
+    parser.add_argument(
+        "--check", action="append", default=[], metavar="CKPT=EVAL_OUT", help="m2s-eval's --out for CKPT"
+    )
+    parser.add_argument("--plot", type=Path, help="write a strip plot of every ensemble's score")
+    args = parser.parse_args()
+    label_map = load_label_map()
+    frames = [
+        Sequence(args.data, s).frame(i)
+        for s in existing_split(args.data, "all")
+        for i in range(len(Sequence(args.data, s)))
+    ]
+    targets = [torch.from_numpy(label_map.to_train(f.semantic)) for f in frames]
+    n = label_map.num_classes
+
+    def run_all(segmenters: list[Segmenter]) -> list[list[torch.Tensor]]:
+        return [[log_probabilities(s, f.points) for f in frames] for s in segmenters]
+
+    for check in args.check:
+        path, evaluated = check.split("=", 1)
+        expected = json.loads((Path(evaluated) / "metrics.json").read_text())["present_miou"]
+        got = score(run_all(networks_of(Path(path))), targets, n)
+        print(f"check {path}: {got:.6f}, m2s-eval on this machine: {expected:.6f}")
+        if abs(got - expected) > 1e-6:
+            raise SystemExit("the re-scored ensemble differs from m2s-eval's: these figures would not be comparable")
+
+    results: dict[str, list[float]] = {}
+    for name, *paths in args.pool:
+        networks = [run_all([s])[0] for p in tqdm(paths, desc=name) for s in networks_of(Path(p))]
+        if len(networks) < args.size:
+            raise SystemExit(f"pool {name}: {len(networks)} networks, fewer than --size {args.size}")
+        singles = [score([net], targets, n) for net in networks]
+        combos = list(itertools.combinations(range(len(networks)), args.size))
+        results[name] = [score([networks[i] for i in combo], targets, n) for combo in tqdm(combos, desc="ensembles")]
+        values = np.array(results[name])
+        print(
+            f"{name}: {len(networks)} networks, alone {np.mean(singles):.4f} ± {np.std(singles, ddof=1):.4f} "
+            f"({min(singles):.4f}–{max(singles):.4f}); {len(combos)} ensembles of {args.size}: median "
+            f"{np.median(values):.4f}, 10–90 % {np.percentile(values, 10):.4f}–{np.percentile(values, 90):.4f}, "
+            f"min–max {values.min():.4f}–{values.max():.4f}"
+        )
+    if args.plot:
+        plot(results, args.size, args.plot)
+
+
+def plot(results: dict[str, list[float]], size: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 1.2 + 0.7 * len(results)))
+    rng = np.random.default_rng(0)  # vertical jitter only, to see overlapping points
+    for row, values in enumerate(results.values()):
+        axes.scatter(values, row + rng.uniform(-0.2, 0.2, len(values)), s=8, alpha=0.6)
+        axes.plot([np.median(values)] * 2, [row - 0.3, row + 0.3], color="black")
+    axes.set_yticks(range(len(results)), list(results))
+    axes.set_xlabel(f"present-class mIoU on the real scans, every ensemble of {size} (line: median)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
