@@ -150,6 +150,9 @@ def test_drive_ids_break_where_time_jumps_or_goes_back():
     # real KITTI stamps jitter around 0.1036 s: still one drive
     np.testing.assert_array_equal(drive_ids(np.array([0.0, 0.1037, 0.2072, 0.3110, 0.4145])), [0] * 5)
     np.testing.assert_array_equal(drive_ids(np.array([5.0])), [0])
+    # --streets 3 with streets of 3, 2 and 2 scans: the median step is one within a street
+    streets = np.array([0.0, 0.1, 0.2, 60.2, 60.3, 120.3, 120.4])
+    np.testing.assert_array_equal(drive_ids(streets), [0, 0, 0, 1, 1, 2, 2])
 
 
 def test_sequence_drives_from_times_and_one_drive_without_times(tmp_path):

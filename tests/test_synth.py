@@ -9,6 +9,7 @@ from m2s_perception.labels import load_label_map
 from m2s_training.data.semantic_kitti import Sequence, read_calib
 from m2s_training.synth import TR_LIDAR_TO_CAMERA, SequenceSimulator, generate, get_preset
 from m2s_training.synth.cli import main as synth_main
+from m2s_training.synth.generator import street_sizes
 from m2s_training.synth.mesh import LabelledMesh, raw_ids
 from m2s_training.synth.street_parts import heightfield, shrub
 from m2s_training.synth.world_kitti import _subtract
@@ -479,14 +480,18 @@ def test_streets_split_a_sequence_into_worlds_with_a_break_between(tmp_path, cap
         assert (sequence.path / "velodyne" / f"{3 + j:06d}.bin").read_bytes() != short
 
 
-def test_streets_one_is_the_default_and_more_streets_than_scans_is_refused(tmp_path, capsys):
+def test_streets_one_is_the_default_and_streets_of_one_scan_are_refused(tmp_path, capsys):
     assert synth_main(["--out", str(tmp_path / "a"), "--sequences", "00", "--scans", "3"]) == 0
     assert synth_main(["--out", str(tmp_path / "b"), "--sequences", "00", "--scans", "3", "--streets", "1"]) == 0
     for rel in ("velodyne/000002.bin", "labels/000002.label", "poses.txt", "times.txt"):
         assert (tmp_path / "a/sequences/00" / rel).read_bytes() == (tmp_path / "b/sequences/00" / rel).read_bytes()
-    for streets in ("4", "0"):
+    # Streets of one scan would leave no step within a street to tell the breaks from: refused.
+    for streets in ("2", "4", "0"):
         with pytest.raises(SystemExit) as exit_info:
             synth_main(["--out", str(tmp_path / "c"), "--scans", "3", "--streets", streets])
         assert exit_info.value.code == 2
-    assert "more than the 3 scans" in capsys.readouterr().err
+    assert "--streets 2 needs at least 4 scans per sequence (two per street)" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+    assert street_sizes(7, 3) == [3, 2, 2] and street_sizes(1, 1) == [1]
+    with pytest.raises(ValueError, match="two per street"):
+        street_sizes(5, 3)

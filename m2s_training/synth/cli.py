@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="split each sequence's scans into N short streets, each its own world: more street "
-        "layouts for the same number of scans; multi-scan fusion never crosses from one street to the next",
+        "layouts for the same number of scans, two scans per street at least; multi-scan fusion "
+        "never crosses from one street to the next",
     )
     parser.add_argument(
         "--set",
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         parser.error(str(error))
     scans = args.scans or preset.scans
-    if args.streets > scans:
-        parser.error(f"--streets {args.streets} is more than the {scans} scans per sequence")
+    if args.streets > 1 and scans < 2 * args.streets:
+        parser.error(f"--streets {args.streets} needs at least {2 * args.streets} scans per sequence (two per street)")
     label_map = load_label_map()
     first_scan: list[Scan] = []
 

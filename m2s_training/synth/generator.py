@@ -72,9 +72,10 @@ STREET_BREAK_S = 60.0
 
 def street_sizes(scans: int, streets: int) -> list[int]:
     """Scans per street when a sequence of ``scans`` is split into ``streets`` (the first get one
-    more when it does not divide)."""
-    if streets < 1 or scans < streets:
-        raise ValueError(f"need 1 <= streets <= scans, got {streets} streets for {scans} scans")
+    more when it does not divide). Several streets need two scans each at least: readers find the
+    breaks against the usual step between scans (the median), which must then be a step within a street."""
+    if streets < 1 or scans < 1 or (streets > 1 and scans < 2 * streets):
+        raise ValueError(f"{streets} streets need at least {2 * streets} scans (two per street), got {scans}")
     base, extra = divmod(scans, streets)
     return [base + (k < extra) for k in range(streets)]
 
