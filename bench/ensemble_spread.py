@@ -56,20 +56,13 @@ def ensemble_labels(members: list[torch.Tensor]) -> torch.Tensor:
     return labels_from_logits(mean)[0]
 
 
-def present_class_miou(confusion: torch.Tensor) -> float:
-    """Mean IoU over the classes present in the ground truth (rows with points), as ``m2s-eval``."""
-    metrics = SegmentationMetrics.from_confusion(confusion)
-    present = [c for c in range(1, len(confusion)) if int(confusion[c].sum()) > 0]
-    return float(metrics.iou[present].mean()) if present else 0.0
-
-
 def score(members: list[list[torch.Tensor]], targets: list[torch.Tensor], num_classes: int) -> float:
     """Present-class mIoU of the ensemble whose per-scan log-probabilities are ``members[i][scan]``."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for scan, target in enumerate(targets):
         labels = ensemble_labels([member[scan] for member in members])
         confusion += confusion_matrix(labels, target, num_classes)
-    return present_class_miou(confusion)
+    return SegmentationMetrics.from_confusion(confusion).present_miou  # as m2s-eval
 
 
 def main() -> None:
@@ -83,28 +76,26 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write a strip plot of every ensemble's score")
     args = parser.parse_args()
     label_map = load_label_map()
-    frames = [
-        Sequence(args.data, s).frame(i)
-        for s in existing_split(args.data, "all")
-        for i in range(len(Sequence(args.data, s)))
-    ]
+    sequences = [Sequence(args.data, s) for s in existing_split(args.data, "all")]
+    frames = [seq.frame(i) for seq in sequences for i in range(len(seq))]
     targets = [torch.from_numpy(label_map.to_train(f.semantic)) for f in frames]
     n = label_map.num_classes
 
-    def run_all(segmenters: list[Segmenter]) -> list[list[torch.Tensor]]:
-        return [[log_probabilities(s, f.points) for f in frames] for s in segmenters]
+    def outputs_of(segmenter: Segmenter) -> list[torch.Tensor]:
+        """One network's log-probabilities on every scan."""
+        return [log_probabilities(segmenter, f.points) for f in frames]
 
     for check in args.check:
         path, evaluated = check.split("=", 1)
         expected = json.loads((Path(evaluated) / "metrics.json").read_text())["present_miou"]
-        got = score(run_all(networks_of(Path(path))), targets, n)
+        got = score([outputs_of(s) for s in networks_of(Path(path))], targets, n)
         print(f"check {path}: {got:.6f}, m2s-eval on this machine: {expected:.6f}")
         if abs(got - expected) > 1e-6:
             raise SystemExit("the re-scored ensemble differs from m2s-eval's: these figures would not be comparable")
 
     results: dict[str, list[float]] = {}
     for name, *paths in args.pool:
-        networks = [run_all([s])[0] for p in tqdm(paths, desc=name) for s in networks_of(Path(p))]
+        networks = [outputs_of(s) for p in tqdm(paths, desc=name) for s in networks_of(Path(p))]
         if len(networks) < args.size:
             raise SystemExit(f"pool {name}: {len(networks)} networks, fewer than --size {args.size}")
         singles = [score([net], targets, n) for net in networks]

@@ -86,11 +86,10 @@ def evaluate(
     seconds = time.perf_counter() - started
 
     metrics = SegmentationMetrics.from_confusion(confusion, label_map.hard_class_ids())
-    present = [c for c in range(1, label_map.num_classes) if int(confusion[c].sum()) > 0]
     result = {
         **metrics.to_dict(label_map),
-        "present_classes": [label_map.class_names[c] for c in present],
-        "present_miou": float(metrics.iou[present].mean()) if present else 0.0,
+        "present_classes": [label_map.class_names[c] for c in metrics.present_ids],
+        "present_miou": metrics.present_miou,
         "scans": len(scans),
         "sequences": [seq.name for seq in sequences],
         "split": split,

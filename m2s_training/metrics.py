@@ -67,6 +67,17 @@ class SegmentationMetrics:
             points=points,
         )
 
+    @property
+    def present_ids(self) -> list[int]:
+        """Training ids (never 0) with ground-truth points: the classes a few real scans actually hold."""
+        return [c for c in range(1, len(self.confusion)) if int(self.confusion[c].sum()) > 0]
+
+    @property
+    def present_miou(self) -> float:
+        """Mean IoU over :attr:`present_ids` (0 when there are none)."""
+        present = self.present_ids
+        return float(self.iou[present].mean()) if present else 0.0
+
     def iou_by_name(self, label_map: LabelMap) -> dict[str, float]:
         return {label_map.class_names[c]: float(self.iou[c]) for c in range(1, len(self.iou))}
 

@@ -1,10 +1,10 @@
-"""bench/ensemble_spread.py's arithmetic, by hand: the mean of probabilities and the present-class mIoU."""
+"""bench/ensemble_spread.py's arithmetic, by hand: the mean of probabilities, scored over the scans."""
 
 import math
 
 import torch
 
-from bench.ensemble_spread import ensemble_labels, present_class_miou, score
+from bench.ensemble_spread import ensemble_labels, score
 
 
 def _log(rows: list[list[float]]) -> torch.Tensor:
@@ -18,13 +18,6 @@ def test_the_ensemble_labels_the_mean_probability_over_real_classes():
     # point 1: 'unlabeled' (0) is the most probable, but never a label: the best real class, 2
     assert ensemble_labels([a, b]).tolist() == [2, 2]
     assert ensemble_labels([a]).tolist() == [1, 2]
-
-
-def test_present_class_miou_by_hand():
-    # rows: truth, columns: prediction; class 3 is predicted but absent from the truth
-    confusion = torch.tensor([[5, 0, 0, 1], [0, 2, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
-    # IoU(1) = 2 / (3 + 2 - 2), IoU(2) = 1 / (1 + 2 - 1); truth 0 is never scored
-    assert math.isclose(present_class_miou(confusion), (2 / 3 + 1 / 2) / 2)
 
 
 def test_score_accumulates_every_scan():

@@ -67,3 +67,13 @@ def test_rejects_mismatched_or_out_of_range_input():
         confusion_matrix(torch.tensor([1, 2]), torch.tensor([1]), 4)
     with pytest.raises(ValueError, match="class ids"):
         confusion_matrix(torch.tensor([7]), torch.tensor([1]), 4)
+
+
+def test_present_class_miou_by_hand():
+    # rows: truth, columns: prediction; class 3 is predicted but absent from the truth
+    confusion = torch.tensor([[5, 0, 0, 1], [0, 2, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+    metrics = SegmentationMetrics.from_confusion(confusion)
+    assert metrics.present_ids == [1, 2]
+    # IoU(1) = 2 / (3 + 2 - 2), IoU(2) = 1 / (1 + 2 - 1); truth 0 is never scored
+    assert np.isclose(metrics.present_miou, (2 / 3 + 1 / 2) / 2)
+    assert SegmentationMetrics.from_confusion(torch.zeros(4, 4, dtype=torch.int64)).present_miou == 0.0
