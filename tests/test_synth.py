@@ -490,7 +490,9 @@ def test_streets_one_is_the_default_and_streets_of_one_scan_are_refused(tmp_path
         with pytest.raises(SystemExit) as exit_info:
             synth_main(["--out", str(tmp_path / "c"), "--scans", "3", "--streets", streets])
         assert exit_info.value.code == 2
-    assert "--streets 2 needs at least 4 scans per sequence (two per street)" in capsys.readouterr().err
+    assert (
+        "--streets 2: 2 streets need at least 4 scans (two per street), got 3 per sequence" in capsys.readouterr().err
+    )
     assert not (tmp_path / "c").exists()
     assert street_sizes(7, 3) == [3, 2, 2] and street_sizes(1, 1) == [1]
     with pytest.raises(ValueError, match="two per street"):

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from m2s_perception.labels import load_label_map
 from m2s_perception.typed_config import ConfigError
-from m2s_training.synth.generator import SequenceSummary, sequence_name, write_sequence
+from m2s_training.synth.generator import SequenceSummary, sequence_name, street_sizes, write_sequence
 from m2s_training.synth.presets import PRESETS, get_preset, with_settings
 from m2s_training.synth.sensor import Scan
 
@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         parser.error(str(error))
     scans = args.scans or preset.scans
-    if args.streets > 1 and scans < 2 * args.streets:
-        parser.error(f"--streets {args.streets} needs at least {2 * args.streets} scans per sequence (two per street)")
+    try:
+        street_sizes(scans, args.streets)  # the generator's own rule, checked before anything is written
+    except ValueError as error:
+        parser.error(f"--streets {args.streets}: {error} per sequence")
     label_map = load_label_map()
     first_scan: list[Scan] = []
 
