@@ -13,7 +13,7 @@ import pytest
 
 from m2s_perception.labels import load_label_map
 from m2s_perception.pointcloud2 import read_fields
-from m2s_training.bag import BagError, open_bag
+from m2s_training.bag import CLOUD_TOPIC, BagError, open_bag
 from m2s_training.bag.kitti2bag import (
     TF_STATIC_QOS,
     BagLayout,
@@ -354,6 +354,27 @@ def test_bag2kitti_round_trip_of_a_kitti2bag_bag_equals_the_original(tiny_root: 
 
     again = _m2s_bag("bag2kitti", str(bag), "--out", str(tmp_path / "mine"), "--sequence", "30")
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_a_sequence_of_several_streets_keeps_its_breaks_through_a_bag(tmp_path: Path):
+    """``m2s-synth --streets``: a minute between streets, each street's poses from the origin again.
+    kitti2bag → bag2kitti keeps both, so fusion still never crosses from one street to the next."""
+    times = np.array([0.0, 0.1037, 0.2071, 60.3104, 60.4142])  # street 0: scans 0-2, street 1: 3-4
+    root = write_tiny_sequence(tmp_path / "kitti", times=times)
+    original = sk.Sequence(root, "08")
+    poses = original.poses.copy()
+    poses[3:] = poses[:2]  # the second street starts where the first did, as --streets writes it
+    sk.write_poses(root / "sequences" / "08" / "poses.txt", sk.camera_poses(poses, original.calib["Tr"]))
+    bag = convert_sequence(root, "08", tmp_path / "bag", progress=False)
+    stamps = [t for t, _ in _messages(bag, CLOUD_TOPIC)]
+    assert stamps[3] - stamps[2] == 60_103_300_000  # the break is in the bag's time, to the nanosecond
+
+    done = _m2s_bag("bag2kitti", str(bag), "--out", str(tmp_path / "mine"), "--sequence", "31")
+    assert done.returncode == 0, done.stderr
+    exported = sk.Sequence(tmp_path / "mine", "31")
+    assert sk.Sequence(root, "08").drives.tolist() == exported.drives.tolist() == [0, 0, 0, 1, 1]
+    np.testing.assert_allclose(exported.times, times, atol=1e-9)
+    np.testing.assert_allclose(exported.poses[3:], poses[:2], atol=1e-7)
 
 
 def test_bag2kitti_pseudo_labels_intensity_scale_and_non_finite_points(tmp_path: Path):
