@@ -174,7 +174,13 @@ def test_set_changes_preset_and_sensor_fields_and_rejects_unknown_or_mistyped_on
     assert base == dropped == 0
     sizes = [(tmp_path / r / "sequences/00/velodyne/000001.bin").stat().st_size for r in ("a", "b")]
     assert 0.80 < sizes[1] / sizes[0] < 0.85
-    for bad, message in [("porous=1", "unknown keys porous"), ("sensor.dropout=abc", "expected a number")]:
+    refused = [
+        ("porous=1", "unknown keys porous"),
+        ("sensor.dropout=abc", "expected a number"),
+        ("kerb_height=[0.2,0.1]", "kerb_height must be [low, high] with 0 <= low <= high, got [0.2, 0.1]"),
+        ("lawn_drop=[-0.1,0.1]", "lawn_drop must be"),
+    ]
+    for bad, message in refused:
         with pytest.raises(SystemExit) as exit_info:
             synth_main(["--out", str(tmp_path / "c"), "--set", bad])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -497,3 +503,29 @@ def test_streets_one_is_the_default_and_streets_of_one_scan_are_refused(tmp_path
     assert street_sizes(7, 3) == [3, 2, 2] and street_sizes(1, 1) == [1]
     with pytest.raises(ValueError, match="two per street"):
         street_sizes(5, 3)
+
+
+def _heights_above_road(preset, seeds=(0, 1, 2)) -> dict[str, float]:
+    """Median height of sidewalk and terrain returns within 15 m above the median road return there."""
+    names, heights = LABELS.class_names, {"sidewalk": [], "terrain": []}
+    for seed in seeds:
+        scan = SequenceSimulator(preset, scans=1, seed=seed, sequence="00").scan(0)
+        train, near = LABELS.to_train(scan.semantic), np.hypot(scan.points[:, 0], scan.points[:, 1]) < 15.0
+        road = np.median(scan.points[near & (train == names.index("road")), 2])
+        for name, values in heights.items():
+            values.append(scan.points[near & (train == names.index(name)), 2] - road)
+    return {name: float(np.median(np.concatenate(values))) for name, values in heights.items()}
+
+
+def test_kerb_height_and_lawn_drop_set_how_high_sidewalks_and_grass_lie():
+    """The real scans' sidewalks lie ~0.18 m above the road and their grass near road level
+    (docs/benchmarks.md, "Sim-to-real", round 12); the `kitti` world puts both ~0.1 m up."""
+    from dataclasses import replace
+
+    kitti = get_preset("kitti")
+    before = _heights_above_road(kitti)
+    assert 0.08 < before["sidewalk"] < 0.18  # kitti's kerbs: 0.08–0.18 m
+    # kerbs of 0.20–0.25 m, grass 0.15 m below them: sidewalk at 0.20–0.25, grass at 0.05–0.10 (+ bumps)
+    raised = _heights_above_road(replace(kitti, kerb_height=(0.20, 0.25), lawn_drop=(0.15, 0.15)))
+    assert 0.19 < raised["sidewalk"] < 0.26
+    assert 0.0 < raised["terrain"] < 0.14 and raised["sidewalk"] - raised["terrain"] > 0.1

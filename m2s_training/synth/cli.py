@@ -10,7 +10,6 @@ import numpy as np
 from tqdm import tqdm
 
 from m2s_perception.labels import load_label_map
-from m2s_perception.typed_config import ConfigError
 from m2s_training.synth.generator import SequenceSummary, sequence_name, street_sizes, write_sequence
 from m2s_training.synth.presets import PRESETS, get_preset, with_settings
 from m2s_training.synth.sensor import Scan
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sequences lists a sequence twice: {' '.join(args.sequences)}")
     try:
         preset = with_settings(get_preset(args.preset), args.settings)
-    except ConfigError as error:
+    except ValueError as error:  # a ConfigError, or a value the preset refuses
         parser.error(str(error))
     scans = args.scans or preset.scans
     try:

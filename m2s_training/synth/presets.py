@@ -30,6 +30,16 @@ class Preset:
     undergrowth: bool = False  # kitti world: low wide shrubs among the garden and park plants
     lush: bool = False  # kitti world: trees with low crowns and hedgerows of tall shrubs in the open plots
     skewed_junctions: float = 0.0  # kitti world: > 0 adds T-junctions, and arms skewed 15–50° this often
+    kerb_height: tuple[float, float] = (0.08, 0.18)  # kitti world: sidewalk top above the road, m (cross streets +2 cm)
+    # kitti world: how far below the sidewalk the grass of verges and yards lies, m, drawn per side, and
+    # what grows or stands there stands on it; None: 2–3 cm below, hedges and fences at kerb height
+    lawn_drop: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        ranges = {"kerb_height": self.kerb_height, "lawn_drop": self.lawn_drop or (0.0, 0.0)}
+        for name, (low, high) in ranges.items():
+            if not 0.0 <= low <= high:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got {[low, high]}")
 
 
 PRESETS = {

@@ -126,16 +126,16 @@ class _KittiStreet:
 
     def cross_street(self, crossing: Crossing, half: dict[float, float], reach: float) -> None:
         """A cross street's road and sidewalks, ``reach`` metres out on each side it has an arm."""
-        w, rng = self.w, self.rng
+        w = self.w
         c, h, s = crossing.x, crossing.half_width, crossing.sidewalk
         if crossing.arms == STRAIGHT_ACROSS:  # straight across, at right angles (the round-2 world's only kind)
             w.ground("road", (c - h, c + h), (-reach, reach), 0.0)
             for side in (-1.0, 1.0):
                 for x0, x1 in ((c - h - s, c - h), (c + h, c + h + s)):
-                    w.ground("sidewalk", (x0, x1), (side * (half[side] + 0.01), side * reach), rng.uniform(0.1, 0.18))
+                    w.ground("sidewalk", (x0, x1), (side * (half[side] + 0.01), side * reach), self.cross_kerb())
             return
         for arm in crossing.arms:
-            kerb = rng.uniform(0.1, 0.18)
+            kerb = self.cross_kerb()
             if arm.skew == 0.0:
                 w.ground("road", (c - h, c + h), (0.0, arm.side * reach), 0.0)
                 for x0, x1 in ((c - h - s, c - h), (c + h, c + h + s)):
@@ -143,6 +143,11 @@ class _KittiStreet:
             else:
                 piece = 4.0 if self.in_pieces else 2 * reach
                 w.static.append(arm_ground(crossing, arm, half[arm.side] + 0.01, reach, kerb, piece))
+
+    def cross_kerb(self) -> float:
+        """A cross street's kerb height: 2 cm higher at least than the lowest kerb along the street."""
+        low, high = self.preset.kerb_height
+        return self.rng.uniform(low + 0.02, high)
 
     def side(self, side: float, edge: float, x_range: Span) -> None:
         w, rng = self.w, self.rng
@@ -161,13 +166,15 @@ class _KittiStreet:
         heading = 0.0 if side < 0 else np.pi
         if car_y is not None and rng.random() < 0.85:
             self.objects_row(parked, (0.5, rng.uniform(2.0, 12.0)), x_range, side * car_y, 0.0, heading, 0.2)
-        kerb = rng.uniform(0.08, 0.18)
+        kerb = rng.uniform(*self.preset.kerb_height)
+        drop = None if self.preset.lawn_drop is None else rng.uniform(*self.preset.lawn_drop)
         if rng.random() < 0.3:  # grass verge with street trees between road and sidewalk
             verge = rng.uniform(1.0, 2.5)
+            lawn = kerb - (0.03 if drop is None else drop)
             for x0, x1 in _subtract(x_range, self.holes(side, y, y + verge)):
-                w.static.append(heightfield((x0, x1), (side * y, side * (y + verge)), kerb - 0.03, 0.03, 0.0, rng))
+                w.static.append(heightfield((x0, x1), (side * y, side * (y + verge)), lawn, 0.03, 0.0, rng))
             trees = [RowKind("tree", 0.6), RowKind("bush", 0.1), RowKind("gap", 0.3)]
-            self.objects_row(trees, (4.0, 12.0), x_range, side * (y + verge / 2), kerb, 0.0)
+            self.objects_row(trees, (4.0, 12.0), x_range, side * (y + verge / 2), kerb if drop is None else lawn, 0.0)
             y += verge
         elif self.preset.street_trees > 0 and rng.random() < self.preset.street_trees:
             # trees planted in the sidewalk along the kerb: far down the street their low crowns,
@@ -182,11 +189,14 @@ class _KittiStreet:
         people = [RowKind("person", 0.3), RowKind("bicycle", 0.25), RowKind("motorcycle", 0.05), RowKind("gap", 0.4)]
         self.objects_row(people, (5.0, 40.0), x_range, side * (y + walk * 0.6), kerb, None, walk * 0.3)
         y += walk
-        self.front_yard(side, y, kerb, x_range)
+        self.front_yard(side, y, kerb, x_range, drop)
 
-    def front_yard(self, side: float, y: float, kerb: float, x_range: Span) -> None:
-        """Grass, hedges, fences, trees and the buildings behind them, each piece of the street its own."""
+    def front_yard(self, side: float, y: float, kerb: float, x_range: Span, drop: float | None = None) -> None:
+        """Grass, hedges, fences, trees and the buildings behind them, each piece of the street its own.
+        The grass lies ``drop`` below the sidewalk, with all on it (None: 2 cm, and the rest at kerb height)."""
         w, rng = self.w, self.rng
+        lawn = kerb - (0.02 if drop is None else drop)
+        base = kerb if drop is None else lawn  # what hedges, fences and plants stand on
         x0_all, x1_all = x_range
         cursor = x0_all
         while cursor < x1_all:
@@ -199,27 +209,27 @@ class _KittiStreet:
             # through such gaps, where a wall of facades would hide them.
             open_depth = rng.uniform(15.0, 35.0) if yard > 0 and rng.random() < self.preset.open_plots else 0.0
             slope = rng.uniform(-0.02, 0.04)
-            self.yard_ground(side, y, kerb, span, yard, open_depth, slope)
+            self.yard_ground(side, y, kerb, lawn, span, yard, open_depth, slope)
             boundary = rng.choice(["hedge", "fence", "none"], p=[0.45, 0.3, 0.25]) if yard > 0 else "none"
             for x0, x1 in _subtract(span, self.holes(side, y, y + 2.0)):
                 if boundary == "hedge":
-                    w.static.append(hedge((x0, x1), side * (y + 0.5), kerb, rng))
+                    w.static.append(hedge((x0, x1), side * (y + 0.5), base, rng))
                 elif boundary == "fence":
                     if self.preset.porous_fences:
-                        w.static.append(fence((x0, x1), side * (y + 0.3), kerb, rng))
+                        w.static.append(fence((x0, x1), side * (y + 0.3), base, rng))
                     else:  # a closed panel, one box (the round-2 world of the shipped weights)
                         height = rng.uniform(0.8, 2.0)
-                        centre = ((x0 + x1) / 2, side * (y + 0.3), kerb + height / 2)
+                        centre = ((x0 + x1) / 2, side * (y + 0.3), base + height / 2)
                         panel = Part("box", (x1 - x0, 0.06, height), centre, "fence")
                         w.static.append(LabelledMesh.from_parts([panel], 0))
             if yard > 1.5:
                 green = self.green(0.45, 0.35, 0.2)
-                self.objects_row(green, (1.0, 8.0), span, side * (y + yard * 0.5), kerb, 0.0, yard * 0.3)
+                self.objects_row(green, (1.0, 8.0), span, side * (y + yard * 0.5), base, 0.0, yard * 0.3)
             if open_depth > 0:
                 for row in range(int(open_depth // 6)):
                     green = self.green(0.35, 0.35, 0.3)
                     offset = yard + 3.0 + 6.0 * row
-                    ground = kerb - 0.02 + slope * offset  # on the heightfield's slope
+                    ground = lawn + slope * offset  # on the heightfield's slope
                     self.objects_row(green, (2.0, 10.0), span, side * (y + offset), ground, 0.0, 2.5)
                     if self.preset.lush and rng.random() < 0.5:  # a hedgerow of shrubs through the plot
                         for x0, x1 in _subtract(span, self.holes(side, y + offset + 2.0, y + offset + 4.0)):
@@ -231,8 +241,11 @@ class _KittiStreet:
             else:
                 self.buildings(side, y + yard + rng.uniform(0.0, 3.0), span)
 
-    def yard_ground(self, side: float, y: float, kerb: float, span: Span, yard: float, depth: float, slope: float):
-        """The plot's ground out to ``y + yard + depth + 25`` m (grass) or 30 m (paving), around the cross streets."""
+    def yard_ground(
+        self, side: float, y: float, kerb: float, lawn: float, span: Span, yard: float, depth: float, slope: float
+    ):
+        """The plot's ground out to ``y + yard + depth + 25`` m (grass from height ``lawn``, rising by
+        ``slope``) or 30 m (paving at kerb height), around the cross streets."""
         w, rng = self.w, self.rng
         far = y + yard + depth + 25.0 if yard > 0 else y + 30.0  # grass also shows between and behind the buildings
         bands = self.bands(side, y, far)
@@ -240,7 +253,7 @@ class _KittiStreet:
         for near, out in bands:
             for x0, x1 in _subtract(span, self.holes(side, near, out)):
                 if yard > 0:
-                    top = kerb - 0.02 + slope * (near - y)
+                    top = lawn + slope * (near - y)
                     w.static.append(heightfield((x0, x1), (side * near, side * out), top, 0.08, slope, rng, phase))
                 else:
                     paving = "other-ground" if rng.random() < 0.3 else "sidewalk"
