@@ -13,6 +13,9 @@ recipes compared by one ensemble each differ by the luck of their seeds as well;
 spread of every ensemble of the same size that the pool allows. ``--check CKPT=EVAL_OUT`` first
 re-scores a checkpoint this way and stops unless it matches the ``metrics.json`` that ``m2s-eval
 --out EVAL_OUT`` wrote for it (on the same machine: figures differ slightly across CPUs).
+``--views 2|4`` scores test-time augmentation instead: each network's probability is first averaged
+over views of the scan (:data:`VIEWS`; 2: identity and the mirrored, half-bin-rotated view) — round 11
+of docs/benchmarks.md "Sim-to-real"; the node has no such option.
 Evaluation only: never train or select per scan on the real scans.
 """
 
@@ -35,6 +38,21 @@ from m2s_perception.models.ensemble import Ensemble
 from m2s_training.data.semantic_kitti import Sequence, existing_split
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
+# Views of a scan as (mirror y, rotation about z in degrees): the training augmentations' kinds, and a
+# rotation by half of the shipped grid's 2-degree azimuth bin so that each view cuts other cells.
+VIEWS = {1: [(False, 0.0)], 2: [(False, 0.0), (True, 1.0)], 4: [(False, 0.0), (True, 0.0), (False, 1.0), (True, 1.0)]}
+
+
+def viewed(points: np.ndarray, mirror: bool, degrees: float) -> np.ndarray:
+    """A copy of (N, 4) ``points`` mirrored (y -> -y) if asked, then rotated by ``degrees`` about z;
+    point order and remission kept, so per-point outputs need no inverse."""
+    out = points.copy()
+    y = -points[:, 1] if mirror else points[:, 1]
+    angle = math.radians(degrees)
+    out[:, 0] = math.cos(angle) * points[:, 0] - math.sin(angle) * y
+    out[:, 1] = math.sin(angle) * points[:, 0] + math.cos(angle) * y
+    return out
+
 
 def networks_of(path: Path) -> list[Segmenter]:
     """One single-network Segmenter per network in the checkpoint (an ensemble gives several)."""
@@ -50,10 +68,14 @@ def log_probabilities(segmenter: Segmenter, points: np.ndarray) -> torch.Tensor:
     return torch.log_softmax(torch.from_numpy(logits).float(), dim=1)
 
 
+def mean_probability(members: list[torch.Tensor]) -> torch.Tensor:
+    """log of the mean probability of ``members`` (each (N, C) log-probabilities)."""
+    return torch.logsumexp(torch.stack(members), dim=0) - math.log(len(members))
+
+
 def ensemble_labels(members: list[torch.Tensor]) -> torch.Tensor:
     """The labels of the mean probability of ``members`` (each (N, C) log-probabilities)."""
-    mean = torch.logsumexp(torch.stack(members), dim=0) - math.log(len(members))
-    return labels_from_logits(mean)[0]
+    return labels_from_logits(mean_probability(members))[0]
 
 
 def score(members: list[list[torch.Tensor]], targets: list[torch.Tensor], num_classes: int) -> float:
@@ -74,6 +96,7 @@ def main() -> None:
         "--check", action="append", default=[], metavar="CKPT=EVAL_OUT", help="m2s-eval's --out for CKPT"
     )
     parser.add_argument("--plot", type=Path, help="write a strip plot of every ensemble's score")
+    parser.add_argument("--views", type=int, choices=sorted(VIEWS), default=1, help="test-time views per network")
     args = parser.parse_args()
     label_map = load_label_map()
     sequences = [Sequence(args.data, s) for s in existing_split(args.data, "all")]
@@ -82,9 +105,12 @@ def main() -> None:
     n = label_map.num_classes
 
     def outputs_of(segmenter: Segmenter) -> list[torch.Tensor]:
-        """One network's log-probabilities on every scan."""
-        return [log_probabilities(segmenter, f.points) for f in frames]
+        """One network's log-probabilities on every scan (averaged over ``--views`` views)."""
+        views = VIEWS[args.views]
+        return [mean_probability([log_probabilities(segmenter, viewed(f.points, *v)) for v in views]) for f in frames]
 
+    if args.check and args.views != 1:
+        raise SystemExit("--check compares with m2s-eval, which has no views: use it with --views 1")
     for check in args.check:
         path, evaluated = check.split("=", 1)
         expected = json.loads((Path(evaluated) / "metrics.json").read_text())["present_miou"]

@@ -2,9 +2,10 @@
 
 import math
 
+import numpy as np
 import torch
 
-from bench.ensemble_spread import ensemble_labels, score
+from bench.ensemble_spread import VIEWS, ensemble_labels, score, viewed
 
 
 def _log(rows: list[list[float]]) -> torch.Tensor:
@@ -27,3 +28,14 @@ def test_score_accumulates_every_scan():
     targets = [torch.tensor([1]), torch.tensor([1])]  # both points are class 1
     # class 1: one hit, one miss -> IoU 1/2; class 2 absent from the truth -> not in the mean
     assert math.isclose(score([member], targets, 4), 0.5)
+
+
+def test_views_mirror_then_rotate_and_keep_remission():
+    points = np.array([[1.0, 0.0, -1.5, 0.3], [0.0, 2.0, 0.5, 0.9]], dtype=np.float32)
+    # mirror: (1, 0) stays, (0, 2) -> (0, -2); then 90 degrees: (x, y) -> (-y, x)
+    got = viewed(points, mirror=True, degrees=90.0)
+    np.testing.assert_allclose(got, [[0.0, 1.0, -1.5, 0.3], [2.0, 0.0, 0.5, 0.9]], atol=1e-6)
+    np.testing.assert_array_equal(points[1], np.float32([0.0, 2.0, 0.5, 0.9]))  # the input is not touched
+    # the identity view is the scan itself, and every view set starts with it
+    np.testing.assert_array_equal(viewed(points, False, 0.0), points)
+    assert all(views[0] == (False, 0.0) for views in VIEWS.values())
