@@ -115,6 +115,20 @@ class CloudClient:
         if not started or node.process.poll() is not None:
             raise AssertionError(f"m2s-segment did not come up within {timeout} s; log:\n{node.log()}")
 
+    def probe(self, publisher, msg: PointCloud2, timeout: float = 60.0, every: float = 2.0) -> bool:
+        """Publish ``msg`` on ``publisher`` every ``every`` s until its labelled cloud comes back.
+
+        Each side matches the other on its own: the node's reader may match a best-effort writer of
+        ours a moment after ours has matched it, and a cloud sent in between is dropped, not queued.
+        One answered probe shows both directions carry clouds, so what is sent next can be counted."""
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            publisher.publish(msg)
+            if self.wait_until(lambda: key in self.outputs, min(every, max(deadline - time.monotonic(), 0.0))):
+                return True
+        return False
+
     def request(self, msg: PointCloud2, timeout: float = 20.0, resend_after: float = 5.0) -> PointCloud2:
         """Publish ``msg`` and wait for the labelled cloud with the same stamp.
 

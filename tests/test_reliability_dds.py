@@ -85,7 +85,7 @@ def test_best_effort_hdl64_clouds_get_labelled_clouds_back(tmp_path: Path):
         driver = client.node.create_publisher(PointCloud2, f"/{name}/points", qos_profile_sensor_data)
         client.wait_until(lambda: driver.get_subscription_count() > 0 or node.process.poll() is not None, 60)
         assert driver.get_subscription_count() > 0, node.log()
-        client.wait_until(lambda: False, 1.0)  # the node matches us a moment after we match it
+        assert client.probe(driver, hdl64_cloud(0), 60), node.log()  # both directions carry clouds now
         answered = []
         for sec in range(1, 6):  # one scan at a time: the node keeps only the newest
             driver.publish(hdl64_cloud(sec))
