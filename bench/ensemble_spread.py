@@ -13,6 +13,8 @@ recipes compared by one ensemble each differ by the luck of their seeds as well;
 spread of every ensemble of the same size that the pool allows. ``--check CKPT=EVAL_OUT`` first
 re-scores a checkpoint this way and stops unless it matches the ``metrics.json`` that ``m2s-eval
 --out EVAL_OUT`` wrote for it (on the same machine: figures differ slightly across CPUs).
+Scans are levelled on their ground plane first, as ``m2s-eval`` and the node do (``--no-level-ground``:
+as they are, as every figure before round 13 of docs/benchmarks.md "Sim-to-real" was measured).
 ``--views 2|4`` scores test-time augmentation instead: each network's probability is first averaged
 over views of the scan (:data:`VIEWS`; 2: identity and the mirrored, half-bin-rotated view) — round 11
 of docs/benchmarks.md "Sim-to-real"; the node has no such option.
@@ -34,6 +36,7 @@ from tqdm import tqdm
 from m2s_perception.checkpoint import load_model
 from m2s_perception.inference import Segmenter, labels_from_logits
 from m2s_perception.labels import load_label_map
+from m2s_perception.levelling import level
 from m2s_perception.models.ensemble import Ensemble
 from m2s_training.data.semantic_kitti import Sequence, existing_split
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
@@ -97,17 +100,21 @@ def main() -> None:
     )
     parser.add_argument("--plot", type=Path, help="write a strip plot of every ensemble's score")
     parser.add_argument("--views", type=int, choices=sorted(VIEWS), default=1, help="test-time views per network")
+    parser.add_argument(
+        "--no-level-ground", dest="level_ground", action="store_false", help="as m2s-eval --no-level-ground"
+    )
     args = parser.parse_args()
     label_map = load_label_map()
     sequences = [Sequence(args.data, s) for s in existing_split(args.data, "all")]
     frames = [seq.frame(i) for seq in sequences for i in range(len(seq))]
+    clouds = [level(f.points) if args.level_ground else f.points for f in frames]  # as Segmenter.predict
     targets = [torch.from_numpy(label_map.to_train(f.semantic)) for f in frames]
     n = label_map.num_classes
 
     def outputs_of(segmenter: Segmenter) -> list[torch.Tensor]:
         """One network's log-probabilities on every scan (averaged over ``--views`` views)."""
         views = VIEWS[args.views]
-        return [mean_probability([log_probabilities(segmenter, viewed(f.points, *v)) for v in views]) for f in frames]
+        return [mean_probability([log_probabilities(segmenter, viewed(c, *v)) for v in views]) for c in clouds]
 
     if args.check and args.views != 1:
         raise SystemExit("--check compares with m2s-eval, which has no views: use it with --views 1")

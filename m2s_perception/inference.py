@@ -19,6 +19,7 @@ from m2s_perception.backends import BACKENDS, OnnxRuntimeBackend, OpenVinoBacken
 from m2s_perception.binning import PolarBinning
 from m2s_perception.checkpoint import CheckpointError, load_model, resolve_device
 from m2s_perception.labels import LabelMap, load_label_map
+from m2s_perception.levelling import level
 from m2s_perception.models import ModelConfig
 from m2s_perception.models.ensemble import first_members
 from m2s_perception.models.polar_fused import fuse_polar, labels_and_confidence
@@ -45,7 +46,8 @@ class Segmenter:
     (torch: ``torch.set_num_threads``, which is process-wide); ``None`` or 0 = the library's default.
     ``fp16=None`` (precision auto): float32 for the torch engine, whose fp16 autocast was slower on an
     H100 for every shipped model (docs/benchmarks.md "GPU"); TensorRT fp16 for ONNX Runtime on CUDA.
-    CPUs always run float32.
+    CPUs always run float32. ``level_ground``: rotate each scan about the sensor so that its ground
+    plane is level before the network sees it (m2s_perception/levelling.py; labels keep point order).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Segmenter:
         backend: str = "torch",
         num_threads: int | None = None,
         onnx_model: bytes | None = None,
+        level_ground: bool = True,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -65,7 +68,7 @@ class Segmenter:
         self.device = resolve_device(device)
         half_by_default = backend != "torch"
         self.fp16 = self.device.type == "cuda" and (half_by_default if fp16 is None else fp16)
-        self.config, self.backend = config, backend
+        self.config, self.backend, self.level_ground = config, backend, level_ground
         self.model = model.eval() if model is not None else None
         if backend == "torch" and num_threads:
             torch.set_num_threads(num_threads)
@@ -101,6 +104,7 @@ class Segmenter:
         num_threads: int | None = None,
         label_map: LabelMap | None = None,
         members: int | None = None,
+        level_ground: bool = True,
     ) -> Segmenter:
         """A checkpoint (.pt), or an ``m2s-export`` file (.onnx) for the onnxruntime / openvino backends.
 
@@ -126,22 +130,25 @@ class Segmenter:
             expected = list((label_map or load_label_map()).class_names)
             if class_names and class_names != expected:
                 raise CheckpointError(f"{path}: its classes {class_names} differ from the label map's {expected}")
-            return cls(None, config, device, fp16, backend, num_threads, onnx_model)
+            return cls(None, config, device, fp16, backend, num_threads, onnx_model, level_ground)
         model, config, _meta = load_model(path, resolve_device(device), label_map)
         if members is not None:
             model, config = first_members(model, members, path)
-        return cls(model, config, device, fp16, backend, num_threads)
+        return cls(model, config, device, fp16, backend, num_threads, level_ground=level_ground)
 
     def describe(self) -> str:
         """Which engine runs the model, for logs: e.g. 'onnxruntime 1.32.0 on cpu'."""
         engine = self.engine.version if self.engine is not None else torch.__version__
         networks = f", {self.config.members} networks averaged" if self.config.members > 1 else ""
-        return f"{self.backend} {engine} on {self.device.type}{' fp16' if self.fp16 else ''}{networks}"
+        levelled = ", ground levelled" if self.level_ground else ""
+        return f"{self.backend} {engine} on {self.device.type}{' fp16' if self.fp16 else ''}{networks}{levelled}"
 
     def predict(self, points: np.ndarray) -> Prediction:
         points = _checked_cloud(points)
         if len(points) == 0:
             return Prediction(np.zeros(0, np.uint8), np.zeros(0, np.float32))
+        if self.level_ground:
+            points = level(points)
         if self.engine is not None:
             out = self.engine.run(self.binning(points), logits=False)
             return Prediction(out.labels.astype(np.uint8), out.confidence.astype(np.float32, copy=False))

@@ -66,7 +66,10 @@ class SegmentNode(Node):
             self._post_set(lambda _params: self._apply_change(self._values()))
 
         checkpoint = resolve_checkpoint(self._param("checkpoint"))
-        options = {k: self._param(k) for k in ("device", "precision", "backend", "num_threads", "ensemble_members")}
+        options = {
+            k: self._param(k)
+            for k in ("device", "precision", "backend", "num_threads", "ensemble_members", "level_ground")
+        }
         self.segmenter = load_segmenter(checkpoint, **options, label_map=self.label_map)
         engine = self.segmenter.describe()  # e.g. "openvino 2026.4.1 on cpu", "torch 2.11.0 on cuda fp16"
         self.get_logger().info(f"loaded {checkpoint}: {engine}; warming up")

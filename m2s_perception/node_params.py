@@ -43,6 +43,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("backend", "torch", "inference backend (torch; onnxruntime/openvino where installed)"),
     Param("num_threads", 0, "CPU threads for inference; 0 = the library default", range=(0, 1024)),
     Param("ensemble_members", 0, "an ensemble checkpoint: run only its first N networks; 0 = all", range=(0, 16)),
+    Param("level_ground", True, "rotate each scan so its ground plane near the sensor is level before inference"),
     Param("input_topic", INPUT_TOPIC, "PointCloud2 to segment (relative; prefer remapping: -r points:=/x)"),
     Param("output_topic", OUTPUT_TOPIC, "labelled PointCloud2 (relative; prefer remapping)"),
     Param("filtered_topic", FILTERED_TOPIC, "the input cloud without filtered_classes (relative)"),

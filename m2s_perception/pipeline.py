@@ -222,6 +222,7 @@ def load_segmenter(
     num_threads: int = 0,
     label_map: LabelMap | None = None,
     ensemble_members: int = 0,
+    level_ground: bool = True,
 ) -> Any:
     """``Segmenter.from_checkpoint`` with the node's parameters; a clear error for CUDA on a machine without it."""
     import torch
@@ -231,7 +232,14 @@ def load_segmenter(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available (use device: auto or cpu)")
     return Segmenter.from_checkpoint(
-        checkpoint, device, PRECISIONS[precision], backend, num_threads or None, label_map, ensemble_members or None
+        checkpoint,
+        device,
+        PRECISIONS[precision],
+        backend,
+        num_threads or None,
+        label_map,
+        ensemble_members or None,
+        level_ground,
     )
 
 

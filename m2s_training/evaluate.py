@@ -52,6 +52,7 @@ def evaluate(
     backend: str = "torch",
     bev: int = 0,
     intensity_scale: float = 1.0,
+    level_ground: bool = True,
 ) -> dict:
     """Predict, write predictions and metrics; return the metrics dict that went to metrics.json.
 
@@ -63,7 +64,9 @@ def evaluate(
     for seq in sequences:
         if not seq.has_labels:
             raise KittiFormatError(f"{seq.path / 'labels'}: evaluation needs ground-truth labels")
-    segmenter = Segmenter.from_checkpoint(checkpoint, device, backend=backend, label_map=label_map)
+    segmenter = Segmenter.from_checkpoint(
+        checkpoint, device, backend=backend, label_map=label_map, level_ground=level_ground
+    )
     # metrics.json marks a finished run: an earlier run's must not sit beside this run's partial output.
     (out / "metrics.json").unlink(missing_ok=True)
     scans = [(seq, i) for seq in sequences for i in range(len(seq))][:max_scans]
@@ -96,6 +99,7 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "device": str(segmenter.device),
         "backend": backend,
+        "level_ground": level_ground,
         "seconds": round(seconds, 3),
         "ms_per_scan": round(1000 * seconds / max(1, len(scans)), 2),
     }
@@ -124,13 +128,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--intensity-scale", type=float, default=1.0, help="divide the 4th column by this (255 for 0-255 intensity)"
     )
+    parser.add_argument(
+        "--no-level-ground",
+        dest="level_ground",
+        action="store_false",
+        help="predict on the scans as they are (the node's level_ground: false; figures before 2026-11-27 round 13)",
+    )
     args = parser.parse_args(argv)
     if args.intensity_scale <= 0:
         parser.error(f"--intensity-scale must be positive, got {args.intensity_scale}")
     try:
         result = evaluate(
             args.checkpoint, args.data, args.split, args.out, args.device, args.max_scans, args.label_map,
-            args.backend, bev=args.bev, intensity_scale=args.intensity_scale,
+            args.backend, bev=args.bev, intensity_scale=args.intensity_scale, level_ground=args.level_ground,
         )  # fmt: skip
     except (FileNotFoundError, KittiFormatError, CheckpointError, KeyError, ValueError) as err:
         sys.exit(f"m2s-eval: {err}")
