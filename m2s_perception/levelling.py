@@ -39,16 +39,16 @@ def fit_ground(
     always gives the same plane). RANSAC over ``iterations`` planes through three candidates, normals
     within ``max_tilt_deg`` of vertical, inliers within ``threshold`` m; the best refined by least
     squares on its inliers."""
+    rng = np.random.default_rng(seed)
     xyz = np.asarray(points)[:, :3]
+    if len(xyz) > 8 * sample:  # a few thousand points fix a plane as well as 50,000, in a fraction of the time
+        xyz = xyz[rng.integers(0, len(xyz), 8 * sample)]
+    xyz = xyz.astype(np.float64)
     squared = xyz[:, 0] * xyz[:, 0] + xyz[:, 1] * xyz[:, 1]
     ring = xyz[(squared >= near * near) & (squared <= far * far)]
     if len(ring) < 50:
         return None
-    rng = np.random.default_rng(seed)
-    if len(ring) > 2 * sample:  # a few thousand points fix a plane as well as 50,000, in a fraction of the time
-        ring = ring[rng.integers(0, len(ring), 2 * sample)]
-    ring = ring.astype(np.float64)
-    low = ring[ring[:, 2] <= np.median(ring[:, 2])]
+    low = ring[ring[:, 2] <= np.median(ring[:, 2])][:sample]  # already in random order
     a, b, c = (low[rng.integers(0, len(low), iterations)] for _ in range(3))
     normals = np.cross(b - a, c - a)
     lengths = np.linalg.norm(normals, axis=1, keepdims=True)
@@ -93,5 +93,7 @@ def level(points: np.ndarray, **fit_options) -> np.ndarray:
     if fit is None:
         return out
     rotation = rotation_to_up(fit.normal)
-    out[:, :3] = (np.asarray(points[:, :3], dtype=np.float64) @ rotation.T).astype(np.float32)
+    x, y, z = (np.ascontiguousarray(out[:, i]) for i in range(3))  # column by column: no strided matmul
+    for i, row in enumerate(rotation.astype(np.float32)):
+        out[:, i] = row[0] * x + row[1] * y + row[2] * z
     return out
