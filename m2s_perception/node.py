@@ -50,6 +50,14 @@ PROBLEM_KINDS = (*REJECTION_KINDS, "intensity", "internal_error")
 LOG_PERIOD_S = 5.0
 
 
+def publisher_name(namespace: str, name: str) -> str:
+    """``/ns/node``; DDS announces a writer before its node's name, so for a moment rclpy reports
+    placeholders: say so instead of printing them."""
+    if name.startswith("_NODE_NAME_UNKNOWN"):
+        return "a node not yet discovered"
+    return f"{namespace.rstrip('/')}/{name}"
+
+
 class SegmentNode(Node):
     def __init__(self, **node_kwargs: Any):
         super().__init__("m2s_segment", **node_kwargs)
@@ -239,7 +247,7 @@ class SegmentNode(Node):
             reliability = info.qos_profile.reliability.name.lower()
             deaf = reliability == "best_effort" and self._input_qos.reliability == ReliabilityPolicy.RELIABLE
             note = ", incompatible with this node's reliable input" if deaf else ""
-            lines.append(f"{info.node_namespace.rstrip('/')}/{info.node_name} ({reliability}{note})")
+            lines.append(f"{publisher_name(info.node_namespace, info.node_name)} ({reliability}{note})")
         return "; ".join(lines)
 
     def _report(self) -> None:

@@ -119,7 +119,9 @@ def test_qos_override_and_no_input_diagnostics_name_the_publishers(checkpoint, t
         (info,) = client.node.get_subscriptions_info_by_topic(f"/{name}/points")
         assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE  # the override won over the parameter
         driver.publish(kitti_f32(lidar_points(100, seed=1), sec=1))
-        assert client.wait_until(lambda: "no scan yet" in status_of(client, name)[2], 15), node.log()
+        # the writer is discovered before its node's name: wait for the report that names it
+        named = "/m2s_test_client (best_effort, incompatible with this node's reliable input)"
+        assert client.wait_until(lambda: named in status_of(client, name)[2], 15), node.log()
         values, level, message = status_of(client, name)
         assert level == WARN and values["scans_received"] == "0"
         assert f"no scan yet on /{name}/points for" in message
@@ -127,6 +129,15 @@ def test_qos_override_and_no_input_diagnostics_name_the_publishers(checkpoint, t
     finally:
         client.close()
         node.stop(signal.SIGTERM)
+
+
+def test_publisher_names_never_show_rclpy_placeholders():
+    from m2s_perception.node import publisher_name
+
+    assert publisher_name("/", "driver") == "/driver"
+    assert publisher_name("/lidar/", "driver") == "/lidar/driver"
+    unknown = publisher_name("_NODE_NAMESPACE_UNKNOWN_", "_NODE_NAME_UNKNOWN_")
+    assert unknown == "a node not yet discovered"
 
 
 def test_diagnostics_levels_follow_the_thresholds(checkpoint, tmp_path):
