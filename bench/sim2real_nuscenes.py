@@ -39,7 +39,7 @@ def main() -> None:
     points = sweep[:, :4].copy()
     points[:, 3] /= args.intensity_scale
     label_map = load_label_map()
-    prediction = Segmenter.from_checkpoint(args.checkpoint, "cpu").predict(points)
+    prediction = Segmenter.from_checkpoint(args.checkpoint, "cpu").predict(points, ring=sweep[:, 4].astype(np.int64))
     counts = np.bincount(prediction.labels, minlength=label_map.num_classes) / len(points)
     print(f"{args.sweep.name}: {len(points):,} points, {int(sweep[:, 4].max()) + 1} rings, "
           f"z p5/p50 {np.percentile(points[:, 2], [5, 50]).round(2)}")  # fmt: skip

@@ -7,8 +7,8 @@ It computes what ``CylindricalGrid.locate`` + ``torch.unique`` compute inside ``
   O(points + cells) and already in ascending order, like ``torch.unique(sorted=True)``;
 - every array lives in buffers kept between scans (grown only when a scan has more points than any
   before), so a steady stream of scans allocates nothing on this path;
-- the features are laid out channel-first (9, N), so that every row is one contiguous numpy
-  ufunc pass; the network transposes them once (9 × N floats) for its row-wise point MLP.
+- the features are laid out channel-first (9, N; 10 with the surface texture), so that every row
+  is one contiguous numpy ufunc pass; the network transposes them once for its row-wise point MLP.
 
 The arrays handed out are views into those buffers: valid until the next call.
 """
@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from m2s_perception.models import ModelConfig
-
-POINT_FEATURES = 9  # x, y, z, rho, phi, remission, offset to the cell centre (rho, phi, z)
+from m2s_perception.models.grid import point_features
 
 
 @dataclass
 class BinnedScan:
-    features: np.ndarray  # (9, N) float32, channel-first
+    features: np.ndarray  # (9 or 10, N) float32, channel-first (models.grid.CylindricalGrid.locate's order)
     point_cell: np.ndarray  # (N,) int64: row of ``cells`` holding each point
     point_voxel: np.ndarray  # (N,) int64: point_cell * height_bins + height bin
     cells: np.ndarray  # (U,) int64: occupied rho·phi cells (i * phi_bins + j), ascending
@@ -38,6 +37,7 @@ class PolarBinning:
         if config.backbone != "polar":
             raise ValueError(f"PolarBinning needs a polar backbone, got {config.backbone!r}")
         self.size = config.grid_size
+        self.columns, self.rows = config.point_columns, point_features(config.uses_texture)
         rho_bins, phi_bins, height_bins = config.grid_size
         # float32 like the torch grid (CylindricalGrid keeps float32 tensors), shaped to broadcast over (3, N).
         self.lower = np.array([config.rho_range[0], -math.pi, config.z_range[0]], np.float32)[:, None]
@@ -59,7 +59,7 @@ class PolarBinning:
     def _grow(self, num_points: int) -> None:
         capacity = max(num_points, 2 * self._capacity)
         # Flat, so that the first n points of a (rows, n) view are one contiguous block (engines want that).
-        self._features = np.empty(POINT_FEATURES * capacity, np.float32)
+        self._features = np.empty(self.rows * capacity, np.float32)
         self._scaled = np.empty(3 * capacity, np.float32)
         self._cell = np.empty(3 * capacity, np.int64)
         self._cells = np.empty(len(self._arange), np.int64)
@@ -69,17 +69,20 @@ class PolarBinning:
         self._capacity = capacity
 
     def __call__(self, points: np.ndarray) -> BinnedScan:
-        """``points``: (N, 4) float32 x, y, z, remission (finite; checked by the caller)."""
+        """``points``: (N, 4) float32 x, y, z, remission, (N, 5) with the texture for a model that
+        has it (finite; checked by the caller)."""
         n = len(points)
         if n > self._capacity:
             self._grow(n)
-        features = self._features[: POINT_FEATURES * n].reshape(POINT_FEATURES, n)
+        features = self._features[: self.rows * n].reshape(self.rows, n)
         scaled, cell = self._scaled[: 3 * n].reshape(3, n), self._cell[: 3 * n].reshape(3, n)
         key, point_cell, point_voxel = self._key[:n], self._point_cell[:n], self._point_voxel[:n]
         _, phi_bins, height_bins = self.size
 
         features[0:3] = points[:, :3].T  # x, y, z
         features[5] = points[:, 3]  # remission
+        if self.columns > 4:
+            features[9] = points[:, 4]  # surface texture
         np.hypot(features[0], features[1], out=features[3])
         np.arctan2(features[1], features[0], out=features[4])
         z = features[2]

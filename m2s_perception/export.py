@@ -124,14 +124,17 @@ def read_metadata(model_bytes_or_path: bytes | str | Path) -> tuple[ModelConfig,
 
 
 def ring_scan(config: ModelConfig, num_points: int, seed: int) -> np.ndarray:
-    """(num_points, 4) float32 spread over the model's grid (some points beyond it, to exercise clamping)."""
+    """(num_points, 4) float32 spread over the model's grid (some points beyond it, to exercise clamping);
+    (num_points, 5) with a random surface texture in [0, 1] for a model that has one."""
     rng = np.random.default_rng(seed)
     low, high = config.rho_range
     rho = rng.uniform(max(0.0, low - 1.0), high + 5.0, num_points)
     phi = rng.uniform(-np.pi, np.pi, num_points)
     z = rng.uniform(config.z_range[0] - 0.5, config.z_range[1] + 0.5, num_points)
-    cloud = np.stack([rho * np.cos(phi), rho * np.sin(phi), z, rng.uniform(0, 1, num_points)], axis=1)
-    return cloud.astype(np.float32)
+    columns = [rho * np.cos(phi), rho * np.sin(phi), z, rng.uniform(0, 1, num_points)]
+    if config.uses_texture:
+        columns.append(rng.uniform(0, 1, num_points))
+    return np.stack(columns, axis=1).astype(np.float32)
 
 
 @dataclass

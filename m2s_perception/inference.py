@@ -23,6 +23,7 @@ from m2s_perception.levelling import level
 from m2s_perception.models import ModelConfig
 from m2s_perception.models.ensemble import first_members
 from m2s_perception.models.polar_fused import fuse_polar, labels_and_confidence
+from m2s_perception.texture import with_texture
 
 # The largest scan a TensorRT engine is built for (m2s-segment's max_points default).
 TENSORRT_MAX_POINTS = 500_000
@@ -143,10 +144,15 @@ class Segmenter:
         levelled = ", ground levelled" if self.level_ground else ""
         return f"{self.backend} {engine} on {self.device.type}{' fp16' if self.fp16 else ''}{networks}{levelled}"
 
-    def predict(self, points: np.ndarray) -> Prediction:
+    def predict(self, points: np.ndarray, ring: np.ndarray | None = None) -> Prediction:
+        """Labels and confidence of (N, 4) ``points`` (x, y, z, remission). ``ring``: each point's beam
+        index, if the sensor gives one; a model with the surface texture then reads column-major
+        clouds ring by ring (without it, it takes the points in their order as ring-major)."""
         points = _checked_cloud(points)
         if len(points) == 0:
             return Prediction(np.zeros(0, np.uint8), np.zeros(0, np.float32))
+        if self.config.uses_texture:  # from the points in the sensor's order, before anything moves them
+            points = with_texture(points, self.config.texture_step, ring)
         if self.level_ground:
             points = level(points)
         if self.engine is not None:

@@ -83,7 +83,7 @@ class ScanLabeller:
                 "too_large", f"cloud has {num_points} points, more than max_points={settings.max_points}"
             )
         try:
-            cloud = decode_cloud(msg, settings.intensity_scale)
+            cloud = decode_cloud(msg, settings.intensity_scale, with_ring=self.segmenter.config.uses_texture)
         except CloudFormatError as err:
             raise ScanRejected("bad_format", f"malformed PointCloud2: {err}") from None
         if cloud.num_points == 0:
@@ -98,7 +98,8 @@ class ScanLabeller:
         train_ids = np.full(cloud.num_points, IGNORE_ID, dtype=np.uint8)
         confidence = np.zeros(cloud.num_points, dtype=np.float32)
         if selected.any():
-            prediction = self.segmenter.predict(cloud.points[selected])
+            ring = cloud.ring[selected] if cloud.ring is not None else None
+            prediction = self.segmenter.predict(cloud.points[selected], ring)
             train_ids[selected] = prediction.labels
             confidence[selected] = prediction.confidence
         predicted = time.perf_counter()

@@ -64,6 +64,7 @@ class DecodedCloud:
     intensity_field: str | None  # the field read as intensity; None: the cloud has none, column 3 is zeros
     height: int
     width: int
+    ring: np.ndarray | None = None  # (N,) int64 beam index, read where asked for and the cloud has a "ring" field
 
     @property
     def num_points(self) -> int:
@@ -149,13 +150,15 @@ def read_fields(msg: Any, names: Sequence[str]) -> np.ndarray:
     return np.ndarray((height, width), dtype=record, buffer=buffer, strides=(row_step, point_step))
 
 
-def decode_cloud(msg: Any, intensity_scale: float = 1.0) -> DecodedCloud:
+def decode_cloud(msg: Any, intensity_scale: float = 1.0, with_ring: bool = False) -> DecodedCloud:
     """Read x, y, z and intensity of a PointCloud2-like message into float32 ``(N, 4)``.
 
     ``intensity_scale`` is the value the sensor reports for full remission: intensities are divided
     by it so that column 3 is on the KITTI 0..1 scale (1.0 for KITTI, 255 for most drivers).
     Points keep the message's flat row-major order; non-finite points are kept and flagged in
     ``finite`` (a float64 value too large for float32 becomes inf and is flagged too).
+    ``with_ring``: also read the beam index of clouds that have a ``ring`` field (Velodyne and
+    Ouster drivers, nuScenes), which orders a column-major cloud ring by ring for the surface texture.
     """
     if not intensity_scale > 0:
         raise ValueError(f"intensity_scale must be > 0, got {intensity_scale}")
@@ -173,7 +176,13 @@ def decode_cloud(msg: Any, intensity_scale: float = 1.0) -> DecodedCloud:
         points[..., 3] *= np.float32(1.0 / intensity_scale)
     points = points.reshape(height * width, 4)
     finite = np.isfinite(points).all(axis=1)
-    return DecodedCloud(points, finite, intensity, height, width)
+    ring = None
+    if with_ring and any(f.name == "ring" for f in cloud_fields(msg)):
+        ring = read_fields(msg, ("ring",))["ring"].reshape(-1)
+        if not np.issubdtype(ring.dtype, np.integer):
+            raise CloudFormatError(f"field 'ring' must hold integers (the beam index), got {ring.dtype}")
+        ring = ring.astype(np.int64)
+    return DecodedCloud(points, finite, intensity, height, width, ring)
 
 
 def packed_layout(columns: Mapping[str, np.ndarray]) -> tuple[tuple[CloudField, ...], int, np.dtype]:

@@ -38,10 +38,13 @@ def build_datasets(
         data.max_train_scans,
         config.train.seed,
         data.max_train_points,
+        config.model.texture_step,
     )
     val_fuser = fuser if mode == "teacher" else None  # a teacher is judged on the input it will get
     val_sequences = existing_split(root, data.val_split, label_map)
-    val = SemanticKittiDataset(root, val_sequences, label_map, None, val_fuser, data.max_val_scans)
+    val = SemanticKittiDataset(
+        root, val_sequences, label_map, None, val_fuser, data.max_val_scans, texture_step=config.model.texture_step
+    )
     return train, val
 
 

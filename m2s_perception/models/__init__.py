@@ -37,6 +37,11 @@ class ModelConfig:
     # A point branch (PVKD), both backbones: per-point logits from each point's own features and its
     # voxel's decoder feature, added to the voxel logits. Off: every point copies its voxel's logits.
     point_branch: bool = False
+    # One more input per point: how rough its surface looks along the scan line (m2s_perception/
+    # texture.py), which tells grass from pavement on real scans: the relative range step between ring
+    # neighbours that reads as fully rough (e.g. 0.0025). The points then carry it as a fifth column
+    # (x, y, z, remission, texture), computed from the scan in sensor order. None: no texture input.
+    texture_step: float | None = None
     # An ensemble (inference only, assembled by m2s-ensemble from trained checkpoints): this many
     # networks of this config, class probabilities averaged (m2s_perception/models/ensemble.py).
     members: int = 1
@@ -58,10 +63,21 @@ class ModelConfig:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {(low, high)}")
         if self.rho_range[0] < 0:
             raise ValueError(f"rho_range must start at or above 0 m, got {self.rho_range}")
+        if self.texture_step is not None and not self.texture_step > 0:
+            raise ValueError(f"texture_step must be a positive relative range step or null, got {self.texture_step}")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
         if self.num_classes < 2 or self.levels < 1 or not self.point_channels:
             raise ValueError("num_classes >= 2, levels >= 1 and at least one point channel are required")
+
+    @property
+    def point_columns(self) -> int:
+        """Columns of the points the model eats: x, y, z, remission (and texture)."""
+        return 5 if self.uses_texture else 4
+
+    @property
+    def uses_texture(self) -> bool:
+        return self.texture_step is not None
 
     def channels(self, base: int) -> int:
         """``base`` channels scaled by the width multiplier (at least 4)."""

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 from m2s_perception.models import ModelConfig, ModelOutput, point_head
 from m2s_perception.models.grid import (
-    POINT_FEATURES,
     CylindricalGrid,
     PointEncoder,
+    model_columns,
     occupied_cells,
+    point_features,
     ravel_index,
     segment_max,
     unravel_index,
@@ -93,7 +94,9 @@ class Cylinder3D(nn.Module):
         spconv = _spconv()
         self.config = config
         self.grid = CylindricalGrid(config.grid_size, config.rho_range, config.z_range)
-        self.point_encoder = PointEncoder(POINT_FEATURES, tuple(config.channels(c) for c in config.point_channels))
+        self.point_encoder = PointEncoder(
+            point_features(config.uses_texture), tuple(config.channels(c) for c in config.point_channels)
+        )
         channels = [config.channels(config.base_channels) * 2**level for level in range(config.levels)]
         self.compress = nn.Sequential(nn.Linear(self.point_encoder.out_channels, channels[0]), nn.ReLU(inplace=True))
         self.stem = AsymmetricResBlock(channels[0], channels[0], level=0)
@@ -134,7 +137,7 @@ class Cylinder3D(nn.Module):
 
     def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
         rho_bins, phi_bins, height_bins = self.config.grid_size
-        location = self.grid.locate(points)
+        location = self.grid.locate(model_columns(points, self.config.point_columns))
         i, j, k = location.cell.unbind(1)
         shape = (batch_size, rho_bins, phi_bins, height_bins)
         voxels, point_to_voxel = occupied_cells((batch_index, i, j, k), shape)

@@ -16,10 +16,24 @@ from torch import Tensor, nn
 POINT_FEATURES = 9  # x, y, z, rho, phi, remission, offset to the cell centre (rho, phi, z)
 
 
+def point_features(texture: bool) -> int:
+    """Per-point input features: the nine above, then the surface texture where the model has it."""
+    return POINT_FEATURES + int(texture)
+
+
+def model_columns(points: Tensor, columns: int) -> Tensor:
+    """The first ``columns`` columns of ``points`` (a model without texture ignores a fifth column);
+    a clear error where the points have fewer than the model eats."""
+    if points.ndim != 2 or points.shape[1] < columns:
+        names = "x, y, z, remission" + (", texture (m2s_perception/texture.py)" if columns > 4 else "")
+        raise ValueError(f"this model eats points of {columns} columns ({names}), got shape {tuple(points.shape)}")
+    return points[:, :columns]
+
+
 @dataclass(frozen=True)
 class GridLocation:
     cell: Tensor  # (N, 3) long: i (rho), j (phi), k (z), clamped into the grid
-    features: Tensor  # (N, POINT_FEATURES) float
+    features: Tensor  # (N, POINT_FEATURES + extra columns) float
 
 
 class CylindricalGrid:
@@ -37,7 +51,8 @@ class CylindricalGrid:
         )
 
     def locate(self, points: Tensor) -> GridLocation:
-        """Cell of every point (out-of-range points clamped to the border) and its input features."""
+        """Cell of every point (out-of-range points clamped to the border) and its input features;
+        columns after remission (the surface texture) are passed on as the last features."""
         xyz, remission = points[:, :3], points[:, 3:4]
         rho = torch.hypot(xyz[:, 0], xyz[:, 1])
         phi = torch.atan2(xyz[:, 1], xyz[:, 0])
@@ -49,7 +64,7 @@ class CylindricalGrid:
         cell = torch.minimum(cell.clamp_min(0), upper)
         # Offset in metres/radians: for a clamped point it says how far outside the grid it lies.
         offset = polar - (lower + (cell.to(points.dtype) + 0.5) * cell_size)
-        features = torch.cat([xyz, polar[:, :2], remission, offset], dim=1)
+        features = torch.cat([xyz, polar[:, :2], remission, offset, points[:, 4:]], dim=1)
         return GridLocation(cell, features)
 
 

@@ -13,10 +13,11 @@ from torch import Tensor, nn
 
 from m2s_perception.models import ModelConfig, ModelOutput, point_head
 from m2s_perception.models.grid import (
-    POINT_FEATURES,
     CylindricalGrid,
     PointEncoder,
+    model_columns,
     occupied_cells,
+    point_features,
     segment_max,
     unravel_index,
 )
@@ -88,7 +89,9 @@ class PolarNet(nn.Module):
         super().__init__()
         self.config = config
         self.grid = CylindricalGrid(config.grid_size, config.rho_range, config.z_range)
-        self.point_encoder = PointEncoder(POINT_FEATURES, tuple(config.channels(c) for c in config.point_channels))
+        self.point_encoder = PointEncoder(
+            point_features(config.uses_texture), tuple(config.channels(c) for c in config.point_channels)
+        )
         bev_channels = config.channels(config.base_channels)
         self.compress = nn.Sequential(nn.Linear(self.point_encoder.out_channels, bev_channels), nn.ReLU(inplace=True))
         bottleneck_phi_bins = -(-config.grid_size[1] // 2 ** (config.levels - 1))
@@ -104,7 +107,7 @@ class PolarNet(nn.Module):
 
     def forward(self, points: Tensor, batch_index: Tensor, batch_size: int) -> ModelOutput:
         rho_bins, phi_bins, height_bins = self.config.grid_size
-        location = self.grid.locate(points)
+        location = self.grid.locate(model_columns(points, self.config.point_columns))
         i, j, k = location.cell.unbind(1)
         bev_shape = (batch_size, rho_bins, phi_bins)
         cells, point_to_cell = occupied_cells((batch_index, i, j), bev_shape)

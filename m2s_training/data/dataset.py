@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from m2s_perception.labels import LabelMap, load_label_map
+from m2s_perception.texture import with_texture
 from m2s_training.data.semantic_kitti import KittiFormatError, Sequence
 
 
@@ -236,9 +237,15 @@ class SemanticKittiDataset(Dataset):
         max_scans: int | None = None,
         seed: int = 0,
         max_points: int | None = None,
+        texture_step: float | None = None,
     ):
+        """``texture_step`` (``ModelConfig.texture_step``): points get a fifth column, their surface texture
+        (m2s_perception/texture.py), computed from each scan as read (sensor order), before anything drops
+        or moves points."""
         if not sequences:
             raise KittiFormatError(f"{root}: no sequences given for the dataset")
+        if texture_step is not None and fuser is not None:
+            raise ValueError("model.texture_step: the surface texture is not made for fused scans; train a student")
         self.label_map = label_map or load_label_map()
         self.sequences = [Sequence(root, s) for s in sequences]
         for seq in self.sequences:
@@ -252,6 +259,7 @@ class SemanticKittiDataset(Dataset):
         self.augment_config = augment
         self.fuser = fuser
         self.max_points = max_points
+        self.texture_step = texture_step
         self.seed = seed
         self.epoch = 0
 
@@ -266,7 +274,7 @@ class SemanticKittiDataset(Dataset):
         seq_no, index = self.items[item]
         seq = self.sequences[seq_no]
         rng = np.random.default_rng([self.seed, self.epoch, item])
-        points = seq.points(index)
+        points = self.read_points(seq, index)
         semantic, instance = seq.labels(index, len(points))
         labels = self.label_map.to_train(semantic).astype(np.int64)
         instance = instance.astype(np.int64)
@@ -274,7 +282,7 @@ class SemanticKittiDataset(Dataset):
         if aug is not None and aug.mix_prob > 0 and len(self.items) > 1 and rng.random() < aug.mix_prob:
             other_no, other_index = self.items[(item + rng.integers(1, len(self.items))) % len(self.items)]
             other = self.sequences[other_no]
-            other_points = other.points(other_index)
+            other_points = self.read_points(other, other_index)
             other_semantic, other_instance = other.labels(other_index, len(other_points))
             source = (
                 other_points,
@@ -299,6 +307,10 @@ class SemanticKittiDataset(Dataset):
         if self.augment_config is not None:
             points = augment(points, self.augment_config, rng)
         return Sample(points.astype(np.float32), labels, instance, is_fused, (seq.name, seq.frame_id(index)))
+
+    def read_points(self, seq: Sequence, index: int) -> np.ndarray:
+        points = seq.points(index)
+        return points if self.texture_step is None else with_texture(points, self.texture_step)
 
     def label_counts(self) -> np.ndarray:
         """Points per training id over the dataset's own scans (fused points excluded)."""
