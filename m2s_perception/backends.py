@@ -95,9 +95,14 @@ class OnnxRuntimeBackend:
                 )
             device_id = int(device.split(":")[1]) if ":" in device else 0
 
+            from m2s_perception.export import read_metadata
+            from m2s_perception.models.grid import point_features
+
+            rows = point_features(read_metadata(model)[0].uses_texture)
+
             # One engine for every scan size up to max_points (else TensorRT rebuilds per new size).
             def shapes(n: int) -> str:
-                return f"features:9x{n},point_cell:{n},point_voxel:{n},cells:{n}"
+                return f"features:{rows}x{n},point_cell:{n},point_voxel:{n},cells:{n}"
 
             tensorrt = {
                 "device_id": device_id,

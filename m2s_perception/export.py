@@ -4,8 +4,8 @@
 
 The file holds ``FusedPolarNet`` (BatchNorm folded, m2s_perception/models/polar_fused.py; an ensemble
 checkpoint: ``FusedPolarEnsemble``, every network and the averaging in the one graph), opset 18:
-inputs ``features`` (9, N) float32, ``point_cell`` (N,), ``point_voxel`` (N,) and ``cells`` (U,)
-int64, all with dynamic sizes, as ``m2s_perception.binning.PolarBinning`` makes them; outputs
+inputs ``features`` (9, N; 10 with the surface texture) float32, ``point_cell`` (N,), ``point_voxel``
+(N,) and ``cells`` (U,) int64, all with dynamic sizes, as ``m2s_perception.binning.PolarBinning`` makes them; outputs
 ``labels`` (N,) int64 training ids, ``confidence`` (N,) float32 and ``point_logits`` (N, classes).
 The cell max pooling is one ScatterElements node with reduction "max" (ScatterND, faster, races in
 ONNX Runtime: see ``export_onnx``). The model config and class

@@ -127,7 +127,7 @@ class FusedUNet2d(nn.Module):
 
 
 class FusedPolarNet(nn.Module):
-    """(features (9, N), point_cell (N,), point_voxel (N,), cells (U,)) → labels, confidence, logits."""
+    """(features (9 or 10, N), point_cell (N,), point_voxel (N,), cells (U,)) → labels, confidence, logits."""
 
     def __init__(self, model: PolarNet, pooling: str = "rows"):
         """``pooling``: how the cell max exports to ONNX: "rows" (ScatterND) or "elements" (ScatterElements)."""
@@ -156,7 +156,7 @@ class FusedPolarNet(nn.Module):
 
     def point_logits(self, features: Tensor, point_cell: Tensor, point_voxel: Tensor, cells: Tensor) -> Tensor:
         rho_bins, phi_bins, _ = self.grid_size
-        x = features.t()  # (N, 9): the binning writes channel-first, the point MLP runs row-wise
+        x = features.t()  # (N, 9 or 10): the binning writes channel-first, the point MLP runs row-wise
         for index, layer in enumerate(self.point_mlp):
             x = layer(x)
             if index < len(self.point_mlp) - 1:
