@@ -152,7 +152,7 @@ class Segmenter:
         if len(points) == 0:
             return Prediction(np.zeros(0, np.uint8), np.zeros(0, np.float32))
         if self.config.uses_texture:  # from the points in the sensor's order, before anything moves them
-            points = with_texture(points, self.config.texture_step, ring)
+            points = with_texture(points, self.config.texture_step, ring, self.config.texture_floor)
         if self.level_ground:
             points = level(points)
         if self.engine is not None:

@@ -20,9 +20,12 @@ MAX_AZIMUTH_GAP = np.radians(1.0)  # neighbours of one beam lie one azimuth step
 MAX_ELEVATION_GAP = np.radians(0.3)  # the HDL-64E's beams lie 0.33–0.5° apart
 
 
-def ring_texture(points: np.ndarray, rough_step: float, ring: np.ndarray | None = None) -> np.ndarray:
-    """(N,) float32 in [0, 1]: each point's median relative range step to its ring neighbours over
-    ``rough_step`` (1: as rough as that or rougher; 0: smooth, or no neighbour on its ring).
+def ring_texture(
+    points: np.ndarray, rough_step: float, ring: np.ndarray | None = None, smooth_step: float = 0.0
+) -> np.ndarray:
+    """(N,) float32 in [0, 1]: each point's median relative range step m to its ring neighbours, as
+    (m - ``smooth_step``) / (``rough_step`` - ``smooth_step``) clipped to [0, 1] (1: as rough as
+    ``rough_step`` or rougher; 0: as smooth as ``smooth_step`` or smoother, or no neighbour on its ring).
 
     The clip matters: above it simulated and real surfaces differ by more than they tell (synthetic
     leaves step 1.3–2.4 % of the range, real ones 0.4–0.6 %), so every rough surface reads alike.
@@ -34,7 +37,7 @@ def ring_texture(points: np.ndarray, rough_step: float, ring: np.ndarray | None 
             raise ValueError(f"ring has {len(ring)} values for {len(points)} points")
         order = np.argsort(ring, kind="stable")
         texture = np.empty(len(points), np.float32)
-        texture[order] = ring_texture(points[order], rough_step)
+        texture[order] = ring_texture(points[order], rough_step, None, smooth_step)
         return texture
     n = len(points)
     if n < 2:
@@ -60,10 +63,13 @@ def ring_texture(points: np.ndarray, rough_step: float, ring: np.ndarray | None 
     valid = np.isfinite(a).astype(np.int8) + np.isfinite(b) + np.isfinite(c) + np.isfinite(d)
     with np.errstate(invalid="ignore"):  # inf - inf in the branches np.select does not take
         median = np.select([valid == 4, valid == 3, valid == 2, valid == 1], [(b + c) / 2, b, (a + b) / 2, a], 0.0)
-    return np.minimum(median / np.float32(rough_step), 1.0).astype(np.float32)
+    ramp = (median - np.float32(smooth_step)) / np.float32(rough_step - smooth_step)
+    return np.clip(ramp, 0.0, 1.0).astype(np.float32)
 
 
-def with_texture(points: np.ndarray, rough_step: float, ring: np.ndarray | None = None) -> np.ndarray:
+def with_texture(
+    points: np.ndarray, rough_step: float, ring: np.ndarray | None = None, smooth_step: float = 0.0
+) -> np.ndarray:
     """(N, 4) x, y, z, remission → (N, 5) with ``ring_texture`` as the last column."""
-    texture = ring_texture(points, rough_step, ring)[:, None]
+    texture = ring_texture(points, rough_step, ring, smooth_step)[:, None]
     return np.concatenate([points[:, :4], texture], axis=1).astype(np.float32, copy=False)

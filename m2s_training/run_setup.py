@@ -39,11 +39,19 @@ def build_datasets(
         config.train.seed,
         data.max_train_points,
         config.model.texture_step,
+        config.model.texture_floor,
     )
     val_fuser = fuser if mode == "teacher" else None  # a teacher is judged on the input it will get
     val_sequences = existing_split(root, data.val_split, label_map)
     val = SemanticKittiDataset(
-        root, val_sequences, label_map, None, val_fuser, data.max_val_scans, texture_step=config.model.texture_step
+        root,
+        val_sequences,
+        label_map,
+        None,
+        val_fuser,
+        data.max_val_scans,
+        texture_step=config.model.texture_step,
+        texture_floor=config.model.texture_floor,
     )
     return train, val
 

@@ -53,6 +53,15 @@ def test_a_smooth_ring_reads_zero_and_an_alternating_one_its_relative_step():
     np.testing.assert_allclose(ring_texture(ring(20.0 + 0.5 * (-1.0) ** np.arange(40)), ROUGH_STEP), 1.0)
 
 
+def test_a_floor_makes_everything_smoother_than_it_read_zero():
+    ranges = 20.0 + 0.02 * (-1.0) ** np.arange(40)  # steps of 0.04 / 19.98 = 0.2002 % of the range
+    # ramp 0.15 % → 0, 0.30 % → 1: (0.2002 - 0.15) / 0.15 = 0.3347
+    np.testing.assert_allclose(ring_texture(ring(ranges), 0.003, smooth_step=0.0015), 0.3347, atol=2e-4)
+    assert np.all(ring_texture(ring(ranges), 0.003, smooth_step=0.0025) == 0.0)
+    with pytest.raises(ValueError, match="texture_floor"):
+        ModelConfig(texture_step=0.002, texture_floor=0.002)
+
+
 def test_each_point_takes_the_median_of_the_four_steps_around_it():
     # steps (relative to the nearer range) 0.1 %, 0.1 %, 0.3 %, 0.1 %, 0.1 % between six points at ~10 m:
     # point 2 sees steps 0, 1, 2, 3 → median of (0.1, 0.1, 0.3, 0.1) % = 0.1 %; point 0 sees only steps

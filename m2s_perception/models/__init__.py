@@ -42,6 +42,9 @@ class ModelConfig:
     # neighbours that reads as fully rough (e.g. 0.0025). The points then carry it as a fifth column
     # (x, y, z, remission, texture), computed from the scan in sensor order. None: no texture input.
     texture_step: float | None = None
+    # The step below which a surface reads as smooth (0): pavement, whose texture differs a little
+    # between simulation and a real sensor, all reads alike; texture_step - texture_floor is the ramp.
+    texture_floor: float = 0.0
     # An ensemble (inference only, assembled by m2s-ensemble from trained checkpoints): this many
     # networks of this config, class probabilities averaged (m2s_perception/models/ensemble.py).
     members: int = 1
@@ -63,8 +66,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {(low, high)}")
         if self.rho_range[0] < 0:
             raise ValueError(f"rho_range must start at or above 0 m, got {self.rho_range}")
-        if self.texture_step is not None and not self.texture_step > 0:
-            raise ValueError(f"texture_step must be a positive relative range step or null, got {self.texture_step}")
+        if self.texture_step is not None and not 0 <= self.texture_floor < self.texture_step:
+            raise ValueError(
+                f"texture_step must be null or a relative range step above texture_floor >= 0, got "
+                f"texture_step {self.texture_step}, texture_floor {self.texture_floor}"
+            )
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
         if self.num_classes < 2 or self.levels < 1 or not self.point_channels:

@@ -238,8 +238,9 @@ class SemanticKittiDataset(Dataset):
         seed: int = 0,
         max_points: int | None = None,
         texture_step: float | None = None,
+        texture_floor: float = 0.0,
     ):
-        """``texture_step`` (``ModelConfig.texture_step``): points get a fifth column, their surface texture
+        """``texture_step``, ``texture_floor`` (``ModelConfig``'s): points get a fifth column, their surface texture
         (m2s_perception/texture.py), computed from each scan as read (sensor order), before anything drops
         or moves points."""
         if not sequences:
@@ -259,7 +260,7 @@ class SemanticKittiDataset(Dataset):
         self.augment_config = augment
         self.fuser = fuser
         self.max_points = max_points
-        self.texture_step = texture_step
+        self.texture_step, self.texture_floor = texture_step, texture_floor
         self.seed = seed
         self.epoch = 0
 
@@ -310,7 +311,9 @@ class SemanticKittiDataset(Dataset):
 
     def read_points(self, seq: Sequence, index: int) -> np.ndarray:
         points = seq.points(index)
-        return points if self.texture_step is None else with_texture(points, self.texture_step)
+        if self.texture_step is None:
+            return points
+        return with_texture(points, self.texture_step, None, self.texture_floor)
 
     def label_counts(self) -> np.ndarray:
         """Points per training id over the dataset's own scans (fused points excluded)."""
