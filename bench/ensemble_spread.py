@@ -38,6 +38,7 @@ from m2s_perception.inference import Segmenter, labels_from_logits
 from m2s_perception.labels import load_label_map
 from m2s_perception.levelling import level
 from m2s_perception.models.ensemble import Ensemble
+from m2s_perception.texture import with_texture
 from m2s_training.data.semantic_kitti import Sequence, existing_split
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
@@ -107,13 +108,26 @@ def main() -> None:
     label_map = load_label_map()
     sequences = [Sequence(args.data, s) for s in existing_split(args.data, "all")]
     frames = [seq.frame(i) for seq in sequences for i in range(len(seq))]
-    clouds = [level(f.points) if args.level_ground else f.points for f in frames]  # as Segmenter.predict
+    prepared: dict[tuple, list[np.ndarray]] = {}
+
+    def clouds_for(config) -> list[np.ndarray]:
+        """The scans as ``Segmenter.predict`` hands them to a network of ``config``: with the surface
+        texture if it eats one (from the points as read), then levelled."""
+        key = (config.texture_step, config.texture_floor)
+        if key not in prepared:
+            clouds = [f.points for f in frames]
+            if config.uses_texture:
+                clouds = [with_texture(c, config.texture_step, None, config.texture_floor) for c in clouds]
+            prepared[key] = [level(c) for c in clouds] if args.level_ground else clouds
+        return prepared[key]
+
     targets = [torch.from_numpy(label_map.to_train(f.semantic)) for f in frames]
     n = label_map.num_classes
 
     def outputs_of(segmenter: Segmenter) -> list[torch.Tensor]:
         """One network's log-probabilities on every scan (averaged over ``--views`` views)."""
         views = VIEWS[args.views]
+        clouds = clouds_for(segmenter.config)
         return [mean_probability([log_probabilities(segmenter, viewed(c, *v)) for v in views]) for c in clouds]
 
     if args.check and args.views != 1:
