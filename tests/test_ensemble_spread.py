@@ -39,3 +39,35 @@ def test_views_mirror_then_rotate_and_keep_remission():
     # the identity view is the scan itself, and every view set starts with it
     np.testing.assert_array_equal(viewed(points, False, 0.0), points)
     assert all(views[0] == (False, 0.0) for views in VIEWS.values())
+
+
+def test_a_texture_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypatch, capsys):
+    """--check: the script's figure for a network with the surface texture input equals m2s-eval's, and
+    it would not if the script fed that network no texture (the check fails then)."""
+    import sys
+
+    import pytest
+    from test_export import trained_like
+    from test_texture import CONFIG
+
+    import bench.ensemble_spread as spread
+    from m2s_training.checkpoint import save_checkpoint
+    from m2s_training.evaluate import main as m2s_eval
+    from m2s_training.synth import generate
+
+    generate(tmp_path / "data", ["08"], preset="tiny", scans=2, seed=3)
+    checkpoint, out = tmp_path / "texture.pt", tmp_path / "eval"
+    save_checkpoint(checkpoint, trained_like(CONFIG, seed=6), CONFIG)
+    data = str(tmp_path / "data")
+    m2s_eval(["--checkpoint", str(checkpoint), "--data", data, "--split", "all", "--out", str(out), "--device", "cpu"])
+    argv = ["ensemble_spread", "--data", data, "--size", "1", "--check", f"{checkpoint}={out}"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--pool", "texture", str(checkpoint)])
+    spread.main()
+    assert f"check {checkpoint}" in capsys.readouterr().out
+
+    def smooth_everywhere(points, *_args):
+        return np.concatenate([points[:, :4], np.zeros((len(points), 1), np.float32)], axis=1)
+
+    monkeypatch.setattr(spread, "with_texture", smooth_everywhere)
+    with pytest.raises(SystemExit, match="differs from m2s-eval"):
+        spread.main()
