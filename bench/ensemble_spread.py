@@ -36,9 +36,7 @@ from tqdm import tqdm
 from m2s_perception.checkpoint import load_model
 from m2s_perception.inference import Segmenter, labels_from_logits
 from m2s_perception.labels import load_label_map
-from m2s_perception.levelling import level
 from m2s_perception.models.ensemble import Ensemble
-from m2s_perception.texture import with_texture
 from m2s_training.data.semantic_kitti import Sequence, existing_split
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
@@ -58,12 +56,12 @@ def viewed(points: np.ndarray, mirror: bool, degrees: float) -> np.ndarray:
     return out
 
 
-def networks_of(path: Path) -> list[Segmenter]:
+def networks_of(path: Path, level_ground: bool = True) -> list[Segmenter]:
     """One single-network Segmenter per network in the checkpoint (an ensemble gives several)."""
     model, config, _meta = load_model(path, "cpu")
     if isinstance(model, Ensemble):
-        return [Segmenter(member, model.member_config, "cpu") for member in model.members]
-    return [Segmenter(model, config, "cpu")]
+        return [Segmenter(member, model.member_config, "cpu", level_ground=level_ground) for member in model.members]
+    return [Segmenter(model, config, "cpu", level_ground=level_ground)]
 
 
 def log_probabilities(segmenter: Segmenter, points: np.ndarray) -> torch.Tensor:
@@ -108,26 +106,13 @@ def main() -> None:
     label_map = load_label_map()
     sequences = [Sequence(args.data, s) for s in existing_split(args.data, "all")]
     frames = [seq.frame(i) for seq in sequences for i in range(len(seq))]
-    prepared: dict[tuple, list[np.ndarray]] = {}
-
-    def clouds_for(config) -> list[np.ndarray]:
-        """The scans as ``Segmenter.predict`` hands them to a network of ``config``: with the surface
-        texture if it eats one (from the points as read), then levelled."""
-        key = (config.texture_step, config.texture_floor)
-        if key not in prepared:
-            clouds = [f.points for f in frames]
-            if config.uses_texture:
-                clouds = [with_texture(c, config.texture_step, None, config.texture_floor) for c in clouds]
-            prepared[key] = [level(c) for c in clouds] if args.level_ground else clouds
-        return prepared[key]
-
     targets = [torch.from_numpy(label_map.to_train(f.semantic)) for f in frames]
     n = label_map.num_classes
 
     def outputs_of(segmenter: Segmenter) -> list[torch.Tensor]:
         """One network's log-probabilities on every scan (averaged over ``--views`` views)."""
         views = VIEWS[args.views]
-        clouds = clouds_for(segmenter.config)
+        clouds = [segmenter.prepare(f.points) for f in frames]  # textured and levelled as predict does
         return [mean_probability([log_probabilities(segmenter, viewed(c, *v)) for v in views]) for c in clouds]
 
     if args.check and args.views != 1:
@@ -135,14 +120,14 @@ def main() -> None:
     for check in args.check:
         path, evaluated = check.split("=", 1)
         expected = json.loads((Path(evaluated) / "metrics.json").read_text())["present_miou"]
-        got = score([outputs_of(s) for s in networks_of(Path(path))], targets, n)
+        got = score([outputs_of(s) for s in networks_of(Path(path), args.level_ground)], targets, n)
         print(f"check {path}: {got:.6f}, m2s-eval on this machine: {expected:.6f}")
         if abs(got - expected) > 1e-6:
             raise SystemExit("the re-scored ensemble differs from m2s-eval's: these figures would not be comparable")
 
     results: dict[str, list[float]] = {}
     for name, *paths in args.pool:
-        networks = [outputs_of(s) for p in tqdm(paths, desc=name) for s in networks_of(Path(p))]
+        networks = [outputs_of(s) for p in tqdm(paths, desc=name) for s in networks_of(Path(p), args.level_ground)]
         if len(networks) < args.size:
             raise SystemExit(f"pool {name}: {len(networks)} networks, fewer than --size {args.size}")
         singles = [score([net], targets, n) for net in networks]

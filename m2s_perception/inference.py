@@ -151,10 +151,7 @@ class Segmenter:
         points = _checked_cloud(points)
         if len(points) == 0:
             return Prediction(np.zeros(0, np.uint8), np.zeros(0, np.float32))
-        if self.config.uses_texture:  # from the points in the sensor's order, before anything moves them
-            points = with_texture(points, self.config.texture_step, ring, self.config.texture_floor)
-        if self.level_ground:
-            points = level(points)
+        points = self.prepare(points, ring)
         if self.engine is not None:
             out = self.engine.run(self.binning(points), logits=False)
             return Prediction(out.labels.astype(np.uint8), out.confidence.astype(np.float32, copy=False))
@@ -164,6 +161,13 @@ class Segmenter:
             output = self.model(cloud, batch_index, 1)
             labels, confidence = labels_from_logits(output.point_logits)
         return Prediction(labels.to(torch.uint8).cpu().numpy(), confidence.cpu().numpy().astype(np.float32))
+
+    def prepare(self, points: np.ndarray, ring: np.ndarray | None = None) -> np.ndarray:
+        """Checked (N, 4) ``points`` as the network gets them: with the surface texture where it eats
+        one (from the points in the sensor's order, before anything moves them), then levelled."""
+        if self.config.uses_texture:
+            points = with_texture(points, self.config.texture_step, ring, self.config.texture_floor)
+        return level(points) if self.level_ground else points
 
     def warmup(self, num_points: int = 20000, seed: int = 0) -> None:
         """One forward on a synthetic ring of points: pays CUDA context / kernel selection up front."""

@@ -162,7 +162,8 @@ def decode_cloud(msg: Any, intensity_scale: float = 1.0, with_ring: bool = False
     """
     if not intensity_scale > 0:
         raise ValueError(f"intensity_scale must be > 0, got {intensity_scale}")
-    intensity = find_intensity_field(cloud_fields(msg))
+    fields = cloud_fields(msg)
+    intensity = find_intensity_field(fields)
     names = (*XYZ, intensity) if intensity else XYZ
     view = read_fields(msg, names)
     height, width = view.shape
@@ -177,7 +178,7 @@ def decode_cloud(msg: Any, intensity_scale: float = 1.0, with_ring: bool = False
     points = points.reshape(height * width, 4)
     finite = np.isfinite(points).all(axis=1)
     ring = None
-    if with_ring and any(f.name == "ring" for f in cloud_fields(msg)):
+    if with_ring and any(f.name == "ring" for f in fields):
         ring = read_fields(msg, ("ring",))["ring"].reshape(-1)
         if not np.issubdtype(ring.dtype, np.integer):
             raise CloudFormatError(f"field 'ring' must hold integers (the beam index), got {ring.dtype}")

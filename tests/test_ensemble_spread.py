@@ -68,6 +68,8 @@ def test_a_texture_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypat
     def smooth_everywhere(points, *_args):
         return np.concatenate([points[:, :4], np.zeros((len(points), 1), np.float32)], axis=1)
 
-    monkeypatch.setattr(spread, "with_texture", smooth_everywhere)
+    import m2s_perception.inference
+
+    monkeypatch.setattr(m2s_perception.inference, "with_texture", smooth_everywhere)
     with pytest.raises(SystemExit, match="differs from m2s-eval"):
         spread.main()
