@@ -9,6 +9,9 @@
 3. One training step (forward, CE + Lovász, backward, AdamW; AMP) per model and batch size, and
    the M2SKD joint step (student on the single scan + the same weights on a fused scan, official terms).
 4. ONNX Runtime with its CUDA / TensorRT providers where that build is installed; else says so.
+5. Where a scan's time goes (``--skip stages`` to leave out): ``Segmenter.prepare`` alone (the CPU work
+   before the network: surface texture where the model eats one, ground levelling) and ``predict``
+   with levelling on and off, fp32, the checkpoint's networks.
 
 Models: the shipped demo (all its networks, then its first k: the node's ``ensemble_members``), and
 random polar teacher / student at the full 480 × 360 × 32 grid (``config/model_polar.yaml``, widths
@@ -178,6 +181,26 @@ def onnxruntime_table(
         results["onnxruntime"].append(dict(scan=scan_name, median_ms=median, p95_ms=p95, agree=agree))
 
 
+def stages_table(
+    scans: dict[str, np.ndarray], repeats: int, device: torch.device, results: dict, checkpoint: Path
+) -> None:
+    demo = Segmenter.from_checkpoint(checkpoint, "cpu")
+    model, config = demo.model, demo.config
+    levelled, unlevelled = (
+        Segmenter(copy.deepcopy(model), config, device, fp16=False, level_ground=level) for level in (True, False)
+    )
+    networks = f"{config.members} network{'s' if config.members > 1 else ''}, fp32"
+    print(f"\n### Where the time goes: {checkpoint.stem} ({networks}) on", device_name(device))
+    print("| scan | prepare (CPU) median ms | predict median ms | predict, not levelled, median ms |")
+    print("|---|---|---|---|")
+    for scan_name, cloud in scans.items():
+        prepare = timed(lambda c=cloud: levelled.prepare(c), repeats, torch.device("cpu"))[0]
+        whole = timed(lambda c=cloud: levelled.predict(c), repeats, device)[0]
+        bare = timed(lambda c=cloud: unlevelled.predict(c), repeats, device)[0]
+        print(f"| {scan_name} | {prepare:.2f} | {whole:.2f} | {bare:.2f} |")
+        results["stages"].append(dict(scan=scan_name, prepare_ms=prepare, predict_ms=whole, unlevelled_ms=bare))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", type=Path, help="every *.bin scan under this folder is also timed (evaluation only)")
@@ -186,7 +209,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, help="the demo rows' weights")
     parser.add_argument("--device", default="cuda", help="cuda (cpu: a quick check that the script runs)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8], help="training batch sizes")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["inference", "train", "onnxruntime"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["inference", "train", "onnxruntime", "stages"])
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_figures: no CUDA device here")
@@ -201,9 +224,12 @@ def main() -> None:
         "inference": [],
         "train": [],
         "onnxruntime": [],
+        "stages": [],
     }
     if "inference" not in args.skip:
         inference_table(scans, args.repeats, device, results, args.checkpoint)
+    if "stages" not in args.skip:
+        stages_table(scans, args.repeats, device, results, args.checkpoint)
     if "onnxruntime" not in args.skip:
         onnxruntime_table(scans, args.repeats, device, results, args.checkpoint)
     if "train" not in args.skip:

@@ -40,10 +40,11 @@ def fit_ground(
     within ``max_tilt_deg`` of vertical, inliers within ``threshold`` m; the best refined by least
     squares on its inliers."""
     rng = np.random.default_rng(seed)
-    xyz = np.asarray(points)[:, :3]
-    if len(xyz) > 8 * sample:  # a few thousand points fix a plane as well as 50,000, in a fraction of the time
-        xyz = xyz[rng.integers(0, len(xyz), 8 * sample)]
-    xyz = xyz.astype(np.float64)
+    points = np.asarray(points)
+    if len(points) > 8 * sample:  # a few thousand points fix a plane as well as 50,000, in a fraction of the time
+        # whole rows, then the columns: gathering from the strided (N, 3) view is ~50x slower
+        points = np.take(points, rng.integers(0, len(points), 8 * sample), axis=0)
+    xyz = points[:, :3].astype(np.float64)
     squared = xyz[:, 0] * xyz[:, 0] + xyz[:, 1] * xyz[:, 1]
     ring = xyz[(squared >= near * near) & (squared <= far * far)]
     if len(ring) < 50:
@@ -89,11 +90,11 @@ def level(points: np.ndarray, **fit_options) -> np.ndarray:
     """(N, 4) ``points`` rotated about the sensor so that their ground plane is horizontal; the same
     points (a copy) when no ground plane is found. Remission and point order are kept."""
     fit = fit_ground(points, **fit_options)
-    out = np.array(points, dtype=np.float32, copy=True)
+    points = np.ascontiguousarray(points, dtype=np.float32)
     if fit is None:
-        return out
-    rotation = rotation_to_up(fit.normal)
-    x, y, z = (np.ascontiguousarray(out[:, i]) for i in range(3))  # column by column: no strided matmul
-    for i, row in enumerate(rotation.astype(np.float32)):
-        out[:, i] = row[0] * x + row[1] * y + row[2] * z
-    return out
+        return points.copy()
+    # one (N, C) @ (C, C) product that passes remission (and texture) through (× 1 + 0s: exact): ~10x
+    # faster than rotating column by column, which allocated and touched five fresh arrays per scan
+    transform = np.eye(points.shape[1], dtype=np.float32)
+    transform[:3, :3] = rotation_to_up(fit.normal).T
+    return points @ transform

@@ -42,6 +42,11 @@ def test_level_makes_the_ground_horizontal_and_keeps_the_sensor_height():
     assert np.std(ground[:, 2]) < 0.02 and abs(np.median(ground[:, 2]) + 1.73) < 0.01
     np.testing.assert_array_equal(levelled[:, 3], scan[:, 3])  # remission and order kept
     np.testing.assert_allclose(np.linalg.norm(levelled[:, :3], axis=1), np.linalg.norm(scan[:, :3], axis=1), rtol=1e-5)
+    # a fifth column (the surface texture) rides along untouched, and the points move as without it
+    textured = np.c_[scan, np.random.default_rng(1).uniform(0, 1, len(scan))].astype(np.float32)
+    levelled_textured = level(textured)
+    np.testing.assert_array_equal(levelled_textured[:, 3:], textured[:, 3:])
+    np.testing.assert_allclose(levelled_textured[:, :3], levelled[:, :3], atol=1e-6)
 
 
 def test_a_level_scan_stays_level_and_no_ground_means_no_change():

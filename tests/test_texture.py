@@ -4,6 +4,7 @@ Segmenter, dataset) giving the texture to the network the same way."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -155,6 +156,24 @@ def test_segmenter_measures_the_texture_on_the_points_as_given(backend: str):
     expected = labels_from_logits(reference(model, with_texture(scan, ROUGH_STEP)))[0].numpy()
     agreement = np.mean(prediction.labels == expected)
     assert agreement == 1.0 if backend == "torch" else agreement > 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_texture_network_on_cuda_labels_as_the_training_network_on_the_cpu():
+    model = trained_like(CONFIG, seed=4)
+    with torch.no_grad():  # a random network barely listens to one input: make the texture move its confidence
+        model.point_encoder.mlp[0].weight[9] *= 1000.0
+        model.head.weight *= 20.0
+    scan = np.concatenate([ring(15.0 + 0.03 * (-1.0) ** np.arange(300)), ring(np.full(300, 8.0), elevation_deg=-14.0)])
+    labels, confidence = (t.numpy() for t in labels_from_logits(reference(model, with_texture(scan, ROUGH_STEP))))
+    smooth_confidence = labels_from_logits(reference(model, with_texture(scan, 1.0)))[1].numpy()
+    assert np.abs(smooth_confidence - confidence).max() > 0.015  # 0.023 measured on the CPU
+    segmenter = Segmenter(copy.deepcopy(model), CONFIG, device="cuda", level_ground=False)
+    assert segmenter.device.type == "cuda" and not segmenter.fp16
+    prediction = segmenter.predict(scan)
+    assert np.mean(prediction.labels == labels) > 0.99
+    np.testing.assert_allclose(prediction.confidence, confidence, atol=5e-3)  # TF32 convolutions
 
 
 def test_dataset_adds_the_texture_of_the_scan_as_read(tmp_path):
