@@ -59,7 +59,10 @@ def fit_ground(
     if not upright.any():
         return None
     normals, a = normals[upright], a[upright]
-    distances = np.abs(low @ normals.T - np.sum(normals * a, axis=1))  # (candidates, planes)
+    # (candidates, planes), written out rather than ``low @ normals.T``: a product this size wakes
+    # OpenBLAS's thread pool, whose spinning threads then slow the network that runs next (no BLAS here)
+    offsets = np.sum(normals * a, axis=1)
+    distances = np.abs(low[:, :1] * normals[:, 0] + low[:, 1:2] * normals[:, 1] + low[:, 2:3] * normals[:, 2] - offsets)
     counts = np.count_nonzero(distances < threshold, axis=0)
     best = int(np.argmax(counts))
     if counts[best] < min_share * len(low):
@@ -90,11 +93,13 @@ def level(points: np.ndarray, **fit_options) -> np.ndarray:
     """(N, 4) ``points`` rotated about the sensor so that their ground plane is horizontal; the same
     points (a copy) when no ground plane is found. Remission and point order are kept."""
     fit = fit_ground(points, **fit_options)
-    points = np.ascontiguousarray(points, dtype=np.float32)
+    out = np.array(points, dtype=np.float32, copy=True)  # remission (and texture) as they are
     if fit is None:
-        return points.copy()
-    # one (N, C) @ (C, C) product that passes remission (and texture) through (× 1 + 0s: exact): ~10x
-    # faster than rotating column by column, which allocated and touched five fresh arrays per scan
-    transform = np.eye(points.shape[1], dtype=np.float32)
-    transform[:3, :3] = rotation_to_up(fit.normal).T
-    return points @ transform
+        return out
+    # column by column, not ``points @ rotation.T``: a matrix product of a whole scan runs on OpenBLAS's
+    # thread pool, whose threads keep spinning after it and took the cores from the network that runs
+    # next (+47 ms per scan on the 2-core CPU; docs/benchmarks.md "GPU", "Where the time goes")
+    x, y, z = (points[:, i].astype(np.float32) for i in range(3))
+    for i, row in enumerate(rotation_to_up(fit.normal).astype(np.float32)):
+        out[:, i] = row[0] * x + row[1] * y + row[2] * z
+    return out
