@@ -91,15 +91,16 @@ def rotation_to_up(normal: np.ndarray) -> np.ndarray:
 
 def level(points: np.ndarray, **fit_options) -> np.ndarray:
     """(N, 4) ``points`` rotated about the sensor so that their ground plane is horizontal; the same
-    points (a copy) when no ground plane is found. Remission and point order are kept."""
+    points (a copy) when no ground plane is found. Remission (and any further column, such as the
+    surface texture) and point order are kept."""
     fit = fit_ground(points, **fit_options)
     out = np.array(points, dtype=np.float32, copy=True)  # remission (and texture) as they are
     if fit is None:
         return out
     # column by column, not ``points @ rotation.T``: a matrix product of a whole scan runs on OpenBLAS's
     # thread pool, whose threads keep spinning after it and took the cores from the network that runs
-    # next (+47 ms per scan on the 2-core CPU; docs/benchmarks.md "GPU", "Where the time goes")
-    x, y, z = (points[:, i].astype(np.float32) for i in range(3))
+    # next (+55 ms per scan for one network on the 2-core CPU: bench/levelling_cost.py, docs/benchmarks.md "GPU")
+    x, y, z = (out[:, i].copy() for i in range(3))  # copies: ``out`` is overwritten column by column
     for i, row in enumerate(rotation_to_up(fit.normal).astype(np.float32)):
         out[:, i] = row[0] * x + row[1] * y + row[2] * z
     return out
