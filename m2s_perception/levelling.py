@@ -98,8 +98,9 @@ def level(points: np.ndarray, **fit_options) -> np.ndarray:
     if fit is None:
         return out
     # column by column, not ``points @ rotation.T``: a matrix product of a whole scan runs on OpenBLAS's
-    # thread pool, whose threads keep spinning after it and took the cores from the network that runs
-    # next (+55 ms per scan for one network on the 2-core CPU: bench/levelling_cost.py, docs/benchmarks.md "GPU")
+    # thread pool, whose threads keep spinning after it and take the cores from the network that runs
+    # next (the plane distances above did so as one product: +55 ms per scan for one network on the
+    # 2-core CPU; bench/levelling_cost.py, docs/benchmarks.md "GPU")
     x, y, z = (out[:, i].copy() for i in range(3))  # copies: ``out`` is overwritten column by column
     for i, row in enumerate(rotation_to_up(fit.normal).astype(np.float32)):
         out[:, i] = row[0] * x + row[1] * y + row[2] * z
