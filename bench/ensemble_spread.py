@@ -36,7 +36,7 @@ from tqdm import tqdm
 from m2s_perception.checkpoint import load_model
 from m2s_perception.inference import Segmenter, labels_from_logits
 from m2s_perception.labels import load_label_map
-from m2s_perception.models.ensemble import Ensemble, mean_probability_logits
+from m2s_perception.models.ensemble import Ensemble, mean_of_log_probabilities
 from m2s_training.data.semantic_kitti import Sequence, existing_split
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
@@ -72,7 +72,7 @@ def log_probabilities(segmenter: Segmenter, points: np.ndarray) -> torch.Tensor:
 
 def ensemble_labels(members: list[torch.Tensor]) -> torch.Tensor:
     """The labels of the mean probability of ``members`` (each (N, C) log-probabilities)."""
-    return labels_from_logits(mean_probability_logits(members))[0]
+    return labels_from_logits(mean_of_log_probabilities(members))[0]
 
 
 def score(members: list[list[torch.Tensor]], targets: list[torch.Tensor], num_classes: int) -> float:
@@ -108,7 +108,7 @@ def main() -> None:
         """One network's log-probabilities on every scan (averaged over ``--views`` views)."""
         views = VIEWS[args.views]
         clouds = [segmenter.prepare(f.points) for f in frames]  # textured and levelled as predict does
-        return [mean_probability_logits([log_probabilities(segmenter, viewed(c, *v)) for v in views]) for c in clouds]
+        return [mean_of_log_probabilities([log_probabilities(segmenter, viewed(c, *v)) for v in views]) for c in clouds]
 
     if args.check and args.views != 1:
         raise SystemExit("--check compares with m2s-eval, which has no views: use it with --views 1")

@@ -24,8 +24,13 @@ from m2s_perception.models import ModelConfig, ModelOutput
 
 def mean_probability_logits(logits: list[Tensor]) -> Tensor:
     """log(mean_i softmax(logits_i)): its softmax is the mean probability, its argmax the ensemble's label."""
-    log_probabilities = torch.stack([F.log_softmax(x.float(), dim=1) for x in logits])
-    return torch.logsumexp(log_probabilities, dim=0) - math.log(len(logits))
+    return mean_of_log_probabilities([F.log_softmax(x.float(), dim=1) for x in logits])
+
+
+def mean_of_log_probabilities(log_probabilities: list[Tensor]) -> Tensor:
+    """log(mean_i exp(log_probabilities_i)): the same, for members already turned into log-probabilities
+    (bench/ensemble_spread.py keeps each network's once and averages them in many combinations)."""
+    return torch.logsumexp(torch.stack(log_probabilities), dim=0) - math.log(len(log_probabilities))
 
 
 def first_members(model: nn.Module, count: int, where: object = "model") -> tuple[nn.Module, ModelConfig]:
