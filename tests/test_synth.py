@@ -11,7 +11,7 @@ from m2s_training.synth import TR_LIDAR_TO_CAMERA, SequenceSimulator, generate, 
 from m2s_training.synth.cli import main as synth_main
 from m2s_training.synth.generator import street_sizes
 from m2s_training.synth.mesh import LabelledMesh, raw_ids
-from m2s_training.synth.street_parts import heightfield, shrub
+from m2s_training.synth.street_parts import hedge, heightfield, shrub
 from m2s_training.synth.world_kitti import _subtract
 
 LABELS = load_label_map()
@@ -179,6 +179,7 @@ def test_set_changes_preset_and_sensor_fields_and_rejects_unknown_or_mistyped_on
         ("sensor.dropout=abc", "expected a number"),
         ("kerb_height=[0.2,0.1]", "kerb_height must be [low, high] with 0 <= low <= high, got [0.2, 0.1]"),
         ("lawn_drop=[-0.1,0.1]", "lawn_drop must be"),
+        ("hedge_height=[1.5,0.5]", "hedge_height must be [low, high]"),
     ]
     for bad, message in refused:
         with pytest.raises(SystemExit) as exit_info:
@@ -236,6 +237,47 @@ def test_shrubs_are_low_and_wide():
         width = np.ptp(mesh.vertices[:, :2], axis=0).max()
         assert 0.29 <= height <= 1.01 and width >= 0.6 and width > height
         assert set(LABELS.to_train(np.unique(mesh.semantic)).tolist()) == {LABELS.class_id("vegetation")}
+
+
+def test_hedges_are_as_tall_as_asked():
+    """Each blob of a hedge stands ``h`` = height × 0.8–1.15 tall on the ground, an ellipsoid 1.15 h high
+    centred h/2 up: its top 1.075 h above the ground, so a hedge drawn 0.5 m tall tops out at 0.43–0.62 m."""
+    for seed in range(20):
+        mesh = hedge((0.0, 10.0), 3.0, 0.2, np.random.default_rng(seed), heights=(0.5, 0.5))
+        tops = mesh.vertices[:, 2].max() - 0.2
+        assert 0.43 - 1e-4 <= tops <= 0.62 + 1e-4
+        assert mesh.vertices[:, 2].min() >= 0.2 - 0.075 * 0.58 - 1e-4  # sunk at most 0.075 h into the ground
+
+
+def _near_vegetation_tops(preset, seeds=range(6)) -> np.ndarray:
+    """For each vegetation return 7–15 m away, the highest vegetation return of its 1 m × 1 m cell,
+    above the median road return within 15 m (the statistic of docs/benchmarks.md, round 16)."""
+    vegetation, road, tops = LABELS.class_id("vegetation"), LABELS.class_id("road"), []
+    for seed in seeds:
+        scan = SequenceSimulator(preset, scans=1, seed=seed, sequence="00").scan(0)
+        train, distance = LABELS.to_train(scan.semantic), np.hypot(scan.points[:, 0], scan.points[:, 1])
+        ground = np.median(scan.points[(distance < 15.0) & (train == road), 2])
+        near = scan.points[(train == vegetation) & (distance > 7.0) & (distance < 15.0)]
+        if len(near) == 0:  # a street without plants near this pose
+            continue
+        _, cell = np.unique(np.floor(near[:, :2]).astype(np.int64), axis=0, return_inverse=True)
+        top = np.full(cell.max() + 1, -np.inf)
+        np.maximum.at(top, cell.ravel(), near[:, 2] - ground)
+        tops.append(top[cell.ravel()])
+    return np.concatenate(tops)
+
+
+def test_hedge_height_sets_how_tall_the_near_vegetation_stands():
+    """The real scans' vegetation 7–15 m away is mostly ~1.1 m hedges; the `kitti` world's front-yard
+    hedges stand 0.86–2.7 m, and with trees and bushes they are most of its near vegetation."""
+    from dataclasses import replace
+
+    kitti = get_preset("kitti")
+    tall, low = _near_vegetation_tops(kitti), _near_vegetation_tops(replace(kitti, hedge_height=(0.4, 0.4)))
+    assert min(len(tall), len(low)) > 2000
+    # hedges drawn 0.4 m tall top out at 0.34–0.50 m: cells lower than 0.6 m appear, and only with them
+    assert np.mean(tall < 0.6) < 0.05 < 0.2 < np.mean(low < 0.6)
+    assert np.median(low) < np.median(tall)
 
 
 def test_kitti_preset_matches_the_real_scans_statistics():

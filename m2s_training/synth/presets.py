@@ -34,9 +34,14 @@ class Preset:
     # kitti world: how far below the sidewalk the grass of verges and yards lies, m, drawn per side, and
     # what grows or stands there stands on it; None: 2–3 cm below, hedges and fences at kerb height
     lawn_drop: tuple[float, float] | None = None
+    hedge_height: tuple[float, float] = (0.8, 2.5)  # kitti world: front-yard hedges, m, drawn per hedge
 
     def __post_init__(self) -> None:
-        ranges = {"kerb_height": self.kerb_height, "lawn_drop": self.lawn_drop or (0.0, 0.0)}
+        ranges = {
+            "kerb_height": self.kerb_height,
+            "lawn_drop": self.lawn_drop or (0.0, 0.0),
+            "hedge_height": self.hedge_height,
+        }
         for name, (low, high) in ranges.items():
             if not 0.0 <= low <= high:
                 raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got {[low, high]}")

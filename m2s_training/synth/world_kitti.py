@@ -213,7 +213,7 @@ class _KittiStreet:
             boundary = rng.choice(["hedge", "fence", "none"], p=[0.45, 0.3, 0.25]) if yard > 0 else "none"
             for x0, x1 in _subtract(span, self.holes(side, y, y + 2.0)):
                 if boundary == "hedge":
-                    w.static.append(hedge((x0, x1), side * (y + 0.5), base, rng))
+                    w.static.append(hedge((x0, x1), side * (y + 0.5), base, rng, self.preset.hedge_height))
                 elif boundary == "fence":
                     if self.preset.porous_fences:
                         w.static.append(fence((x0, x1), side * (y + 0.3), base, rng))
