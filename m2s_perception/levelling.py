@@ -93,7 +93,12 @@ def level(points: np.ndarray, **fit_options) -> np.ndarray:
     """(N, 4) ``points`` rotated about the sensor so that their ground plane is horizontal; the same
     points (a copy) when no ground plane is found. Remission (and any further column, such as the
     surface texture) and point order are kept."""
-    fit = fit_ground(points, **fit_options)
+    return level_on(points, fit_ground(points, **fit_options))
+
+
+def level_on(points: np.ndarray, fit: GroundFit | None) -> np.ndarray:
+    """``points`` rotated about the sensor so that ``fit``'s plane is horizontal (it then lies at
+    z = -``fit.offset``); a copy when ``fit`` is None. For a caller that needs the plane too."""
     out = np.array(points, dtype=np.float32, copy=True)  # remission (and texture) as they are
     if fit is None:
         return out
