@@ -6,7 +6,7 @@ vegetation return ``--near``–``--far`` m away, the statistic is the highest ve
 near vegetation is mostly ~1.1 m hedges; the ``kitti`` world's was ~2 m until ``hedge_height``
 (docs/benchmarks.md "Sim-to-real", round 16), e.g.
 
-    .venv/bin/python -m bench.vegetation_height --data /work/shared/real/semantickitti runs/synth_kitti
+    .venv/bin/python -m bench.vegetation_height /work/shared/real/semantickitti runs/synth_kitti --every 1
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from m2s_perception.labels import load_label_map
-from m2s_perception.levelling import fit_ground, level
-from m2s_training.data.semantic_kitti import read_labels, read_scan
+from m2s_perception.levelling import fit_ground, level_on
+from m2s_training.data.semantic_kitti import Sequence, list_sequences
 
 
 def cell_tops(points: np.ndarray, vegetation: np.ndarray, near: float, far: float) -> np.ndarray:
@@ -27,7 +27,7 @@ def cell_tops(points: np.ndarray, vegetation: np.ndarray, near: float, far: floa
     fit = fit_ground(points)
     if fit is None:
         return np.zeros(0)
-    levelled = level(points)
+    levelled = level_on(points, fit)
     height = levelled[:, 2] + fit.offset  # the plane lies at z = -offset once levelled
     distance = np.hypot(levelled[:, 0], levelled[:, 1])
     keep = vegetation & (distance > near) & (distance < far)
@@ -38,15 +38,6 @@ def cell_tops(points: np.ndarray, vegetation: np.ndarray, near: float, far: floa
     top = np.full(cell.max() + 1, -np.inf)
     np.maximum.at(top, cell, height[keep])
     return top[cell]
-
-
-def scans(root: Path, every: int) -> list[tuple[Path, Path]]:
-    """(scan, label) pairs of every ``every``-th labelled scan of each sequence under ``root``."""
-    pairs = []
-    for sequence in sorted((root / "sequences").iterdir()):
-        labelled = sorted((sequence / "labels").glob("*.label"))
-        pairs += [(sequence / "velodyne" / f"{label.stem}.bin", label) for label in labelled[::every]]
-    return pairs
 
 
 def describe(name: str, tops: np.ndarray) -> str:
@@ -70,10 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     vegetation_id = labels.class_id("vegetation")
     for root in args.roots:
         tops = []
-        for scan_path, label_path in scans(root, args.every):
-            points = read_scan(scan_path)
-            semantic, _ = read_labels(label_path, len(points))
-            tops.append(cell_tops(points, labels.to_train(semantic) == vegetation_id, args.near, args.far))
+        for sequence in (Sequence(root, name) for name in list_sequences(root)):
+            for index in range(0, len(sequence), args.every):
+                points = sequence.points(index)
+                semantic, _ = sequence.labels(index, len(points))
+                tops.append(cell_tops(points, labels.to_train(semantic) == vegetation_id, args.near, args.far))
         print(describe(str(root), np.concatenate(tops) if tops else np.zeros(0)))
 
 
