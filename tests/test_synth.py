@@ -299,6 +299,36 @@ def test_kitti_preset_matches_the_real_scans_statistics():
     assert 0 < sum(d > 0.99 for d in dark) < len(dark)
 
 
+def test_kitti_ranged_materials_change_the_remission_of_the_ground_only():
+    """`sensor.materials=kitti-ranged` (docs/benchmarks.md "Sim-to-real", round 17): the same world and
+    returns, remission drawn from the same random numbers, with the refitted albedo of the ground classes.
+    Per return: remission × (new albedo / old albedo) × exp(N × (new sigma − old sigma)), N the return's
+    standard normal draw, so the median ratio is the albedo ratio: grass 0.47 / 0.39, road 0.33 / 0.29;
+    a facade keeps its remission exactly."""
+    from dataclasses import replace
+
+    kitti = get_preset("kitti")
+    ranged = replace(kitti, sensor=replace(kitti.sensor, materials="kitti-ranged"))
+    before, after = (SequenceSimulator(p, scans=1, seed=3, sequence="00").scan(0) for p in (kitti, ranged))
+    np.testing.assert_array_equal(before.points[:, :3], after.points[:, :3])
+    np.testing.assert_array_equal(before.semantic, after.semantic)
+    train, names = LABELS.to_train(before.semantic), LABELS.class_names
+    lit = (before.points[:, 3] > 0) & (after.points[:, 3] > 0) & (after.points[:, 3] < 1)
+    ratio = after.points[:, 3] / np.where(lit, before.points[:, 3], 1.0)
+    for name, expected in (("terrain", 0.47 / 0.39), ("road", 0.33 / 0.29), ("sidewalk", 0.40 / 0.36)):
+        of_class = lit & (train == names.index(name))
+        assert of_class.sum() > 200, name
+        assert np.median(ratio[of_class]) == pytest.approx(expected, rel=0.01), name
+    np.testing.assert_array_equal(
+        before.points[train == names.index("building"), 3], after.points[train == names.index("building"), 3]
+    )
+    # grass narrower (sigma 0.25 -> 0.15): the log-ratio spreads as the draws do, times -0.10
+    grass = lit & (train == names.index("terrain"))
+    assert np.log(after.points[grass, 3]).std() < np.log(before.points[grass, 3]).std() - 0.03
+    with pytest.raises(ValueError, match="kitti-ranged"):
+        replace(kitti.sensor, materials="kitti-typo")
+
+
 def test_ray_drop_loses_grazing_and_far_returns_and_leaves_let_beams_in():
     """A flat road seen from 1.73 m: with grazing drop on, far (grazing) returns go, near ones stay."""
     from m2s_training.synth.mesh import LabelledMesh, Part

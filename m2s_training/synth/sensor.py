@@ -31,7 +31,9 @@ class SensorConfig:
     rate_hz: float = 10.0
     # Realism knobs of the ``kitti`` preset (the defaults keep the simple sensor of ``tiny``/``hdl64``):
     elevation_table: tuple[float, ...] | None = None  # degrees per beam, top first; overrides the linspace
-    materials: str = "simple"  # "simple": mesh reflectivity; "kitti": per-class albedo fitted to real KITTI
+    # "simple": mesh reflectivity; "kitti": per-class albedo fitted to real KITTI; "kitti-ranged": refitted
+    # range band against range band (materials.py)
+    materials: str = "simple"
     grazing_drop: float = 0.0  # returns with cos(incidence) below this are lost (prob. rising to 1 at 0)
     dark_drop: float = 0.0  # returns with remission below this are lost with probability 0.5
     far_drop: float = 0.0  # extra loss probability reached at max_range, growing with range²
@@ -59,8 +61,9 @@ class SensorConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.elevation_table is not None and len(self.elevation_table) != self.beams:
             raise ValueError(f"elevation_table has {len(self.elevation_table)} entries for {self.beams} beams")
-        if self.materials not in ("simple", "kitti"):
-            raise ValueError(f"materials must be 'simple' or 'kitti', got {self.materials!r}")
+        if self.materials not in ("simple", *materials.TABLES):
+            known = ", ".join(repr(name) for name in ("simple", *materials.TABLES))
+            raise ValueError(f"materials must be one of {known}, got {self.materials!r}")
         if not 0.0 <= self.min_range < self.max_range:
             raise ValueError(f"need 0 <= min_range < max_range, got {self.min_range}, {self.max_range}")
 
@@ -136,9 +139,9 @@ class Lidar:
         keep &= rng.random(len(t_hit)) >= cfg.dropout
 
         cos_incidence = cos_all[keep]
-        if cfg.materials == "kitti":
+        if cfg.materials != "simple":
             remission = materials.kitti_remission(
-                semantic[keep], instance[keep], reflectivity[keep], cos_incidence, measured[keep], rng
+                semantic[keep], instance[keep], reflectivity[keep], cos_incidence, measured[keep], rng, cfg.materials
             )
         else:
             remission = reflectivity[keep] * (0.3 + 0.7 * cos_incidence) * np.exp(-measured[keep] / 250.0)

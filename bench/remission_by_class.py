@@ -1,0 +1,127 @@
+"""Per-class remission in one range band, real against synthetic scans (a calibration statistic).
+
+For each class: how many returns lie ``--near``–``--far`` m away (horizontal range), the median and the
+interquartile range / median of their non-zero remission, and the share of exact zeros; with several
+roots, the first root's median over each other root's (> 1: the other root is darker). Comparing one
+band in both matters: the real scans see their grass at 15–40 m, the synthetic streets theirs at
+5–20 m, and a median over all returns then mixes range into the material (docs/benchmarks.md
+"Sim-to-real", round 17). Labels are read for the statistic only, e.g.
+
+    .venv/bin/python -m bench.remission_by_class /work/shared/real/semantickitti runs/synth_kitti --every 8 \
+        [--plot docs/remission_by_class.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from m2s_perception.labels import load_label_map
+from m2s_training.atomic import atomic_path
+from m2s_training.data.semantic_kitti import Sequence, list_sequences
+
+
+@dataclass(frozen=True)
+class Remission:
+    count: int  # returns of the class in the band
+    median: float  # of the non-zero ones
+    spread: float  # their interquartile range / median
+    zeros: float  # share of exact zeros
+
+    def __str__(self) -> str:
+        return f"{self.count:8d} {self.median:.3f} iqr/med {self.spread:.2f} zeros {self.zeros * 100:3.0f}%"
+
+
+def band_values(points: np.ndarray, labels: np.ndarray, near: float, far: float) -> dict[int, np.ndarray]:
+    """Remission of each class's returns ``near``–``far`` m away (``labels``: train ids per point)."""
+    distance = np.hypot(points[:, 0], points[:, 1])
+    inside = (distance >= near) & (distance < far)
+    return {int(c): points[inside & (labels == c), 3] for c in np.unique(labels[inside])}
+
+
+def describe(values: np.ndarray) -> Remission | None:
+    """None where too few non-zero returns (< 20) make a median."""
+    lit = values[values > 0]
+    if len(lit) < 20:
+        return None
+    q1, q2, q3 = np.percentile(lit, [25, 50, 75])
+    return Remission(len(values), float(q2), float((q3 - q1) / q2), float(np.mean(values == 0)))
+
+
+def collect(root: Path, every: int, near: float, far: float) -> dict[int, Remission | None]:
+    labels = load_label_map()
+    pooled: dict[int, list[np.ndarray]] = {}
+    for sequence in (Sequence(root, name) for name in list_sequences(root)):
+        for index in range(0, len(sequence), every):
+            points = sequence.points(index)
+            semantic, _ = sequence.labels(index, len(points))
+            for class_id, values in band_values(points, labels.to_train(semantic), near, far).items():
+                pooled.setdefault(class_id, []).append(values)
+    return {class_id: describe(np.concatenate(parts)) for class_id, parts in pooled.items()}
+
+
+def plot(path: Path, names: list[str], tables: list[dict[int, Remission | None]], titles: list[str]) -> None:
+    """Median and interquartile range of the non-zero remission, one bar per root, for the classes the
+    first root (the real scans) has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in range(1, len(names)) if tables[0].get(c) is not None]
+    width = 0.8 / len(tables)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(shown), 3.6))
+    for k, (table, title) in enumerate(zip(tables, titles, strict=True)):
+        rows = [table.get(c) for c in shown]
+        x = np.arange(len(shown)) + (k - (len(tables) - 1) / 2) * width
+        median = np.array([r.median if r else np.nan for r in rows])
+        half_iqr = np.array([r.spread * r.median / 2 if r else np.nan for r in rows])
+        ax.bar(x, median, width, yerr=half_iqr, capsize=2, label=title)
+    ax.set_xticks(np.arange(len(shown)), [names[c] for c in shown], rotation=30, ha="right")
+    ax.set_ylabel("remission (median, ± IQR / 2)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "roots",
+        nargs="+",
+        type=Path,
+        help="data roots (ROOT/sequences/XX/{velodyne,labels}); the first (the real scans) is read whole",
+    )
+    parser.add_argument(
+        "--every", type=int, default=8, help="every n-th scan of the other roots' sequences (default 8)"
+    )
+    parser.add_argument("--near", type=float, default=5.0)
+    parser.add_argument("--far", type=float, default=30.0)
+    parser.add_argument("--plot", type=Path, help="also draw the medians and spreads to this PNG")
+    args = parser.parse_args(argv)
+    labels = load_label_map()
+    # the real scans (a handful) are read whole; --every thins the synthetic sequences
+    tables = [collect(root, 1 if i == 0 else args.every, args.near, args.far) for i, root in enumerate(args.roots)]
+    print(f"remission {args.near:g}-{args.far:g} m: returns, median / IQR over median of the non-zero ones, zeros")
+    for class_id, name in enumerate(labels.class_names):
+        rows = [table.get(class_id) for table in tables]
+        if class_id == 0 or all(row is None for row in rows):
+            continue
+        cells = [
+            f"{root.name[:14]:>14s} {str(row) if row else '—':<40}" for root, row in zip(args.roots, rows, strict=True)
+        ]
+        ratios = [f"{rows[0].median / row.median:.2f}" if rows[0] and row else "—" for row in rows[1:]]
+        print(f"{name:14s} " + " ".join(cells) + (" first/other " + " ".join(ratios) if ratios else ""))
+    if args.plot:
+        titles = [f"{root.name} ({args.near:g}-{args.far:g} m)" for root in args.roots]
+        plot(args.plot, list(labels.class_names), tables, titles)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
