@@ -4,10 +4,10 @@
 shared scans, e.g. road 0.00 / 0.25 / 0.34, building 0.27 / 0.41 / 0.64, car 0.00 / 0.08 / 0.37):
 KITTI remission depends little on the incidence angle, and on range up to ~25 m (the sensor
 normalises it), varies a lot from surface to surface, and a large share of the points of cars
-(windows, dark paint) and some of the road (wet or black patches) return 0. ``sensor.materials=
-kitti-ranged`` refits the ground classes one range band against the same band (``KITTI_MATERIALS_RANGED``). Beyond ~25 m it fades
+(windows, dark paint) and some of the road (wet or black patches) return 0. Beyond ~25 m it fades
 and is mostly 0 past ~45 m; that is left to the training augmentation ``augment.remission_falloff``
-(drawn per scan), not baked into the data. The model:
+(drawn per scan), not baked into the data. ``sensor.materials=kitti-ranged`` refits the ground
+classes one range band against the same band (``KITTI_MATERIALS_RANGED``). The model:
 
     remission = albedo[class] · object scale · (0.75 + 0.25 · cos incidence) · exp(−range / 400) · lognormal
 
