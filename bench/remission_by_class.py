@@ -1,7 +1,8 @@
 """Per-class remission in one range band, real against synthetic scans (a calibration statistic).
 
 For each class: how many returns lie ``--near``–``--far`` m away (horizontal range), the median and the
-interquartile range / median of their non-zero remission, and the share of exact zeros; with several
+interquartile range / median of their non-zero remission, the share of exact zeros, and how patchy the
+class is (the interquartile range of its ``--cell`` m squares' mean remission / the median); with several
 roots, the first root's median over each other root's (> 1: the other root is darker). Comparing one
 band in both matters: the real scans see their grass at 15–40 m, the synthetic streets theirs at
 5–20 m, and a median over all returns then mixes range into the material (docs/benchmarks.md
@@ -30,37 +31,61 @@ class Remission:
     median: float  # of the non-zero ones
     spread: float  # their interquartile range / median
     zeros: float  # share of exact zeros
+    patchiness: float  # interquartile range of the class's cell means / median (nan: under 5 cells)
 
     def __str__(self) -> str:
-        return f"{self.count:8d} {self.median:.3f} iqr/med {self.spread:.2f} zeros {self.zeros * 100:3.0f}%"
+        return (
+            f"{self.count:8d} {self.median:.3f} iqr/med {self.spread:.2f} zeros {self.zeros * 100:3.0f}% "
+            f"patches {self.patchiness:.2f}"
+        )
 
 
-def band_values(points: np.ndarray, labels: np.ndarray, near: float, far: float) -> dict[int, np.ndarray]:
-    """Remission of each class's returns ``near``–``far`` m away (``labels``: train ids per point)."""
+def band_values(
+    points: np.ndarray, labels: np.ndarray, near: float, far: float, cell: float = 2.0, min_returns: int = 10
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per class (``labels``: train ids per point), the remission of its returns ``near``–``far`` m away and
+    the mean non-zero remission of each ``cell`` m square holding at least ``min_returns`` non-zero ones of it:
+    how bright the class is, and how its brightness varies over metres (patches of asphalt, lawns)."""
     distance = np.hypot(points[:, 0], points[:, 1])
     inside = (distance >= near) & (distance < far)
-    return {int(c): points[inside & (labels == c), 3] for c in np.unique(labels[inside])}
+    found = {}
+    for c in np.unique(labels[inside]):
+        mine = inside & (labels == c)
+        lit = mine & (points[:, 3] > 0)
+        _, square, count = np.unique(
+            np.floor(points[lit, :2] / cell).astype(np.int64), axis=0, return_inverse=True, return_counts=True
+        )
+        means = np.bincount(square.ravel(), points[lit, 3], len(count)) / np.maximum(count, 1)
+        found[int(c)] = (points[mine, 3], means[count >= min_returns])
+    return found
 
 
-def describe(values: np.ndarray) -> Remission | None:
+def describe(values: np.ndarray, cell_means: np.ndarray) -> Remission | None:
     """None where too few non-zero returns (< 20) make a median."""
     lit = values[values > 0]
     if len(lit) < 20:
         return None
     q1, q2, q3 = np.percentile(lit, [25, 50, 75])
-    return Remission(len(values), float(q2), float((q3 - q1) / q2), float(np.mean(values == 0)))
+    patchiness = np.nan
+    if len(cell_means) >= 5:
+        c1, c3 = np.percentile(cell_means, [25, 75])
+        patchiness = float((c3 - c1) / q2)
+    return Remission(len(values), float(q2), float((q3 - q1) / q2), float(np.mean(values == 0)), patchiness)
 
 
-def collect(root: Path, every: int, near: float, far: float) -> dict[int, Remission | None]:
+def collect(root: Path, every: int, near: float, far: float, cell: float = 2.0) -> dict[int, Remission | None]:
     labels = load_label_map()
-    pooled: dict[int, list[np.ndarray]] = {}
+    pooled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for sequence in (Sequence(root, name) for name in list_sequences(root)):
         for index in range(0, len(sequence), every):
             points = sequence.points(index)
             semantic, _ = sequence.labels(index, len(points))
-            for class_id, values in band_values(points, labels.to_train(semantic), near, far).items():
-                pooled.setdefault(class_id, []).append(values)
-    return {class_id: describe(np.concatenate(parts)) for class_id, parts in pooled.items()}
+            for class_id, found in band_values(points, labels.to_train(semantic), near, far, cell).items():
+                pooled.setdefault(class_id, []).append(found)
+    return {
+        class_id: describe(np.concatenate([v for v, _ in parts]), np.concatenate([m for _, m in parts]))
+        for class_id, parts in pooled.items()
+    }
 
 
 def plot(path: Path, names: list[str], tables: list[dict[int, Remission | None]], titles: list[str]) -> None:
@@ -102,12 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--near", type=float, default=5.0)
     parser.add_argument("--far", type=float, default=30.0)
+    parser.add_argument("--cell", type=float, default=2.0, help="cell size for the patchiness, m (default 2)")
     parser.add_argument("--plot", type=Path, help="also draw the medians and spreads to this PNG")
     args = parser.parse_args(argv)
     labels = load_label_map()
     # the real scans (a handful) are read whole; --every thins the synthetic sequences
-    tables = [collect(root, 1 if i == 0 else args.every, args.near, args.far) for i, root in enumerate(args.roots)]
-    print(f"remission {args.near:g}-{args.far:g} m: returns, median / IQR over median of the non-zero ones, zeros")
+    tables = [
+        collect(root, 1 if i == 0 else args.every, args.near, args.far, args.cell) for i, root in enumerate(args.roots)
+    ]
+    print(
+        f"remission {args.near:g}-{args.far:g} m: returns, median / IQR over median of the non-zero ones, zeros, "
+        f"patches (IQR of the {args.cell:g} m cells' means over the median)"
+    )
     for class_id, name in enumerate(labels.class_names):
         rows = [table.get(class_id) for table in tables]
         if class_id == 0 or all(row is None for row in rows):

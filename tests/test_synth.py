@@ -329,6 +329,51 @@ def test_kitti_ranged_materials_change_the_remission_of_the_ground_only():
         replace(kitti.sensor, materials="kitti-typo")
 
 
+def test_smooth_noise_is_fixed_continuous_and_unit_variance_at_the_nodes():
+    from m2s_training.synth.materials import smooth_noise
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-500, 500, (20000, 2))
+    a, b = smooth_noise(xy, 2.5, seed=7), smooth_noise(xy, 2.5, seed=7)
+    np.testing.assert_array_equal(a, b)  # fixed in the world: every scan sees the same patches
+    assert np.corrcoef(a, smooth_noise(xy, 2.5, seed=8))[0, 1] < 0.05  # another world, another layout
+    nodes = np.floor(xy / 2.5) * 2.5  # on the grid nodes the value is the node's own: mean 0, variance 1
+    at_nodes = smooth_noise(nodes, 2.5, seed=7)
+    assert abs(at_nodes.mean()) < 0.03 and abs(at_nodes.var() - 1.0) < 0.05
+    # continuous across a node line, and close for points 10 cm apart, unrelated 25 m apart
+    edge = np.array([[2.5 - 1e-9, 1.0], [2.5 + 1e-9, 1.0]])
+    assert abs(np.diff(smooth_noise(edge, 2.5, seed=7))[0]) < 1e-6
+    near, far = (
+        smooth_noise(xy + np.array([0.1, 0.0]), 2.5, seed=7),
+        smooth_noise(xy + np.array([25.0, 0.0]), 2.5, seed=7),
+    )
+    assert np.corrcoef(a, near)[0, 1] > 0.95 and abs(np.corrcoef(a, far)[0, 1]) < 0.05
+
+
+def test_kitti_patchy_materials_make_pavement_patchy_and_lawns_alike():
+    """`sensor.materials=kitti-patchy` (docs/benchmarks.md "Sim-to-real", round 18): same returns and labels,
+    road remission × exp(0.21 × a smooth noise of 2.5 m cells) — alike for returns a few cm apart, varying
+    over metres — and facades as before."""
+    from dataclasses import replace
+
+    kitti = get_preset("kitti")
+    patchy = replace(kitti, sensor=replace(kitti.sensor, materials="kitti-patchy"))
+    before, after = (SequenceSimulator(p, scans=1, seed=3, sequence="00").scan(0) for p in (kitti, patchy))
+    np.testing.assert_array_equal(before.points[:, :3], after.points[:, :3])
+    np.testing.assert_array_equal(before.semantic, after.semantic)
+    train, names = LABELS.to_train(before.semantic), LABELS.class_names
+    building = train == names.index("building")
+    np.testing.assert_array_equal(before.points[building, 3], after.points[building, 3])
+    road = np.flatnonzero((train == names.index("road")) & (before.points[:, 3] > 0) & (after.points[:, 3] < 1))
+    log_ratio = np.log(after.points[road, 3] / before.points[road, 3])  # = 0.21 × noise at the return
+    assert 0.21 * 0.4 < log_ratio.std() < 0.21 * 1.0  # the blend between nodes lowers the unit variance
+    xy = before.points[road, :2]
+    step = np.linalg.norm(np.diff(xy, axis=0), axis=1)  # returns in scan order: ring neighbours
+    close = step < 0.1
+    assert close.sum() > 1000
+    assert np.abs(np.diff(log_ratio))[close].mean() < 0.1 * log_ratio.std()
+
+
 def test_ray_drop_loses_grazing_and_far_returns_and_leaves_let_beams_in():
     """A flat road seen from 1.73 m: with grazing drop on, far (grazing) returns go, near ones stay."""
     from m2s_training.synth.mesh import LabelledMesh, Part

@@ -19,6 +19,7 @@ drawn per object by the world builder). Lane markings keep their bright paint.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -64,16 +65,39 @@ KITTI_MATERIALS_RANGED = KITTI_MATERIALS | {
     "terrain": (0.47, 0.15, 0.03, 0.0),
     "vegetation": (0.40, 0.24, 0.05, 0.0),
 }
-TABLES = {"kitti": KITTI_MATERIALS, "kitti-ranged": KITTI_MATERIALS_RANGED}
 
 
-@lru_cache(maxsize=2)
+@dataclass(frozen=True)
+class Patches:
+    """Remission that varies over metres, fixed in the world: each class's log-remission is shifted by
+    ``sigma[class]`` × a smooth unit-variance noise of cell ``size`` m; grass lawns' own scale (drawn
+    0.7–1.3 per lawn by the world builder) is raised to ``grass_scale_power`` (< 1: lawns alike)."""
+
+    sigma: dict[str, float]
+    size: float
+    grass_scale_power: float
+
+
+# "kitti-patchy": the kitti albedo, with the measured layout of brightness over the ground. Real road is
+# patchy (mean remission of 2 m cells within 5–15 m: IQR / median 0.21, sidewalk 0.09–0.17) and real
+# grass uniform (0.13 at 5–30 m), while the synthetic pavement came out uniform (0.05) and its grass
+# patchy (0.33: lawns differ): the cue was upside down (docs/benchmarks.md "Sim-to-real", round 18).
+PATCHES = {
+    "kitti-patchy": Patches(
+        sigma={"road": 0.21, "parking": 0.15, "sidewalk": 0.12, "other-ground": 0.12}, size=2.5, grass_scale_power=0.4
+    )
+}
+TABLES = {"kitti": KITTI_MATERIALS, "kitti-ranged": KITTI_MATERIALS_RANGED, "kitti-patchy": KITTI_MATERIALS}
+
+
+@lru_cache(maxsize=4)
 def _tables(table: str) -> tuple[np.ndarray, ...]:
-    """Per raw id (65536 entries): albedo, sigma, zero probability and the simple reflectivity."""
-    materials = TABLES[table]
+    """Per raw id (65536 entries): albedo, sigma, zero probability, the simple reflectivity, the patch
+    sigma and the power the object's scale is raised to."""
+    materials, patches = TABLES[table], PATCHES.get(table)
     label_map = load_label_map()
     albedo, sigma, zero, dark = np.full(1 << 16, 0.3), np.full(1 << 16, 0.3), np.zeros(1 << 16), np.zeros(1 << 16)
-    simple = np.full(1 << 16, 0.3)
+    simple, patch_sigma, scale_power = np.full(1 << 16, 0.3), np.zeros(1 << 16), np.ones(1 << 16)
     for raw, name in label_map.raw_names.items():
         base = name.removeprefix("moving-")
         if base in REFLECTIVITY:
@@ -81,7 +105,31 @@ def _tables(table: str) -> tuple[np.ndarray, ...]:
         train_name = label_map.class_names[label_map.to_train(np.array([raw]))[0]]
         if train_name in materials:
             albedo[raw], sigma[raw], zero[raw], dark[raw] = materials[train_name]
-    return albedo, sigma, zero, dark, simple
+        if patches is not None:
+            patch_sigma[raw] = patches.sigma.get(train_name, 0.0)
+            scale_power[raw] = patches.grass_scale_power if train_name == "terrain" else 1.0
+    return albedo, sigma, zero, dark, simple, patch_sigma, scale_power
+
+
+def smooth_noise(xy: np.ndarray, size: float, seed: int) -> np.ndarray:
+    """A unit-variance-at-the-nodes noise over the plane, fixed by ``seed``: hashed values on a grid
+    of ``size`` m, blended between the four nodes around each point (smoothstep weights)."""
+    grid = xy / size
+    node = np.floor(grid).astype(np.int64)
+    frac = grid - node
+    weight = frac * frac * (3.0 - 2.0 * frac)
+
+    def value(ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+        key = (ix.astype(np.uint64) * np.uint64(73856093)) ^ (iy.astype(np.uint64) * np.uint64(19349663))
+        key = (key ^ np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+        uniform = (key >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        return (uniform - 0.5) * np.sqrt(12.0)  # mean 0, variance 1
+
+    x, y = node[:, 0], node[:, 1]
+    wx, wy = weight[:, 0], weight[:, 1]
+    bottom = value(x, y) * (1 - wx) + value(x + 1, y) * wx
+    top = value(x, y + 1) * (1 - wx) + value(x + 1, y + 1) * wx
+    return bottom * (1 - wy) + top * wy
 
 
 def kitti_remission(
@@ -92,12 +140,19 @@ def kitti_remission(
     ranges: np.ndarray,
     rng: np.random.Generator,
     table: str = "kitti",
+    where: np.ndarray | None = None,
+    world_seed: int = 0,
 ) -> np.ndarray:
     """Remission in [0, 1] per return; ``reflectivity`` is the mesh's (per-object scaled) value;
-    ``table``: "kitti" or "kitti-ranged" (``TABLES``)."""
-    albedo, sigma, zero, dark, simple = _tables(table)
-    scale = reflectivity / simple[semantic]  # the object's own scale; lane paint on road gives ~5
+    ``table``: a name of ``TABLES``; one with ``PATCHES`` needs ``where``, the returns' world x, y (m),
+    and lays out its patches by ``world_seed``."""
+    albedo, sigma, zero, dark, simple, patch_sigma, scale_power = _tables(table)
+    scale = (reflectivity / simple[semantic]) ** scale_power[semantic]  # the object's own; lane paint ~5
     value = albedo[semantic] * scale * (0.75 + 0.25 * cos_incidence) * np.exp(-ranges / 400.0)
+    if table in PATCHES:
+        if where is None:
+            raise ValueError(f"materials {table!r} lay patches out over the world: pass the returns' x, y")
+        value = value * np.exp(patch_sigma[semantic] * smooth_noise(where[:, :2], PATCHES[table].size, world_seed))
     value = value * np.exp(rng.normal(0.0, 1.0, len(value)) * sigma[semantic])
     value[rng.random(len(value)) < zero[semantic]] = 0.0
     # a fixed pseudo-random number per object (Knuth's multiplicative hash): the same car stays dark

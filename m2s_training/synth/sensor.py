@@ -32,7 +32,7 @@ class SensorConfig:
     # Realism knobs of the ``kitti`` preset (the defaults keep the simple sensor of ``tiny``/``hdl64``):
     elevation_table: tuple[float, ...] | None = None  # degrees per beam, top first; overrides the linspace
     # "simple": mesh reflectivity; "kitti": per-class albedo fitted to real KITTI; "kitti-ranged": refitted
-    # range band against range band (materials.py)
+    # range band against range band; "kitti-patchy": kitti with patchy pavement, uniform lawns (materials.py)
     materials: str = "simple"
     grazing_drop: float = 0.0  # returns with cos(incidence) below this are lost (prob. rising to 1 at 0)
     dark_drop: float = 0.0  # returns with remission below this are lost with probability 0.5
@@ -101,6 +101,8 @@ class Lidar:
         self.directions = beam_directions(config)  # (R, 3) unit vectors in the sensor frame
         self._static = _MeshScene(static)
         self._static_base = instance_base(static)
+        # where remission patches lie (materials with PATCHES): one layout per world, from its own mesh
+        self._world_seed = int(np.abs(static.vertices[:1000]).sum() * 1000) % (1 << 31)
 
     def scan(self, pose: np.ndarray, moving: LabelledMesh | None, rng: np.random.Generator) -> Scan:
         """Cast every beam from ``pose`` (4x4 T_world_sensor); return noisy labelled points."""
@@ -140,8 +142,17 @@ class Lidar:
 
         cos_incidence = cos_all[keep]
         if cfg.materials != "simple":
+            where = origins[keep] + world_dirs[keep] * t_hit[keep, None] if cfg.materials in materials.PATCHES else None
             remission = materials.kitti_remission(
-                semantic[keep], instance[keep], reflectivity[keep], cos_incidence, measured[keep], rng, cfg.materials
+                semantic[keep],
+                instance[keep],
+                reflectivity[keep],
+                cos_incidence,
+                measured[keep],
+                rng,
+                cfg.materials,
+                where,
+                self._world_seed,
             )
         else:
             remission = reflectivity[keep] * (0.3 + 0.7 * cos_incidence) * np.exp(-measured[keep] / 250.0)
