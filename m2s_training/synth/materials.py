@@ -7,9 +7,12 @@ normalises it), varies a lot from surface to surface, and a large share of the p
 (windows, dark paint) and some of the road (wet or black patches) return 0. Beyond ~25 m it fades
 and is mostly 0 past ~45 m; that is left to the training augmentation ``augment.remission_falloff``
 (drawn per scan), not baked into the data. ``sensor.materials=kitti-ranged`` refits the ground
-classes one range band against the same band (``KITTI_MATERIALS_RANGED``). The model:
+classes one range band against the same band (``KITTI_MATERIALS_RANGED``); ``kitti-patchy`` (the
+shipped weights' data) keeps the kitti albedo and lays out where the ground is bright: pavement
+patchy over metres, lawns alike (``PATCHES``, ``smooth_noise``). The model:
 
     remission = albedo[class] · object scale · (0.75 + 0.25 · cos incidence) · exp(−range / 400) · lognormal
+                [· exp(patch sigma[class] · smooth noise(x, y)), kitti-patchy]
 
 with a per-class probability of an exact 0. In the real range images a dark car is dark as a whole
 (``docs/real_vs_synthetic.png``), so for vehicles the 0 is drawn per object (from its instance id),
@@ -81,7 +84,7 @@ class Patches:
 # "kitti-patchy": the kitti albedo, with the measured layout of brightness over the ground. Real road is
 # patchy (mean remission of 2 m cells within 5–15 m: IQR / median 0.21, sidewalk 0.09–0.17) and real
 # grass uniform (0.13 at 5–30 m), while the synthetic pavement came out uniform (0.05) and its grass
-# patchy (0.33: lawns differ): the cue was upside down (docs/benchmarks.md "Sim-to-real", round 18).
+# patchy (0.33: lawns differ): the cue was upside down (docs/benchmarks.md "Sim-to-real", item 19: round 18).
 PATCHES = {
     "kitti-patchy": Patches(
         sigma={"road": 0.21, "parking": 0.15, "sidewalk": 0.12, "other-ground": 0.12}, size=2.5, grass_scale_power=0.4
