@@ -22,7 +22,7 @@ import numpy as np
 
 from m2s_perception.labels import load_label_map
 from m2s_training.atomic import atomic_path
-from m2s_training.data.semantic_kitti import Sequence, list_sequences
+from m2s_training.data.semantic_kitti import labelled_scans
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,9 @@ def describe(values: np.ndarray, cell_means: np.ndarray) -> Remission | None:
 def collect(root: Path, every: int, near: float, far: float, cell: float = 2.0) -> dict[int, Remission | None]:
     labels = load_label_map()
     pooled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for sequence in (Sequence(root, name) for name in list_sequences(root)):
-        for index in range(0, len(sequence), every):
-            points = sequence.points(index)
-            semantic, _ = sequence.labels(index, len(points))
-            for class_id, found in band_values(points, labels.to_train(semantic), near, far, cell).items():
-                pooled.setdefault(class_id, []).append(found)
+    for points, semantic in labelled_scans(root, every):
+        for class_id, found in band_values(points, labels.to_train(semantic), near, far, cell).items():
+            pooled.setdefault(class_id, []).append(found)
     return {
         class_id: describe(np.concatenate([v for v, _ in parts]), np.concatenate([m for _, m in parts]))
         for class_id, parts in pooled.items()

@@ -18,7 +18,7 @@ import numpy as np
 
 from m2s_perception.labels import load_label_map
 from m2s_perception.levelling import fit_ground, level_on
-from m2s_training.data.semantic_kitti import Sequence, list_sequences
+from m2s_training.data.semantic_kitti import labelled_scans
 
 
 def cell_tops(points: np.ndarray, vegetation: np.ndarray, near: float, far: float) -> np.ndarray:
@@ -61,11 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     vegetation_id = labels.class_id("vegetation")
     for root in args.roots:
         tops = []
-        for sequence in (Sequence(root, name) for name in list_sequences(root)):
-            for index in range(0, len(sequence), args.every):
-                points = sequence.points(index)
-                semantic, _ = sequence.labels(index, len(points))
-                tops.append(cell_tops(points, labels.to_train(semantic) == vegetation_id, args.near, args.far))
+        for points, semantic in labelled_scans(root, args.every):
+            tops.append(cell_tops(points, labels.to_train(semantic) == vegetation_id, args.near, args.far))
         print(describe(str(root), np.concatenate(tops) if tops else np.zeros(0)))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pytest
 
@@ -299,34 +301,50 @@ def test_kitti_preset_matches_the_real_scans_statistics():
     assert 0 < sum(d > 0.99 for d in dark) < len(dark)
 
 
+@lru_cache(maxsize=1)
+def _kitti_scan():
+    return SequenceSimulator(get_preset("kitti"), scans=1, seed=3, sequence="00").scan(0)
+
+
+def _with_materials(name: str):
+    """The kitti scan of world seed 3 and the same scan with ``materials=name``, checked to share their
+    points, labels and facade remission (the materials draw the same random numbers); and train ids."""
+    from dataclasses import replace
+
+    kitti = get_preset("kitti")
+    before = _kitti_scan()
+    after = SequenceSimulator(
+        replace(kitti, sensor=replace(kitti.sensor, materials=name)), scans=1, seed=3, sequence="00"
+    ).scan(0)
+    np.testing.assert_array_equal(before.points[:, :3], after.points[:, :3])
+    np.testing.assert_array_equal(before.semantic, after.semantic)
+    train = LABELS.to_train(before.semantic)
+    building = train == LABELS.class_names.index("building")
+    np.testing.assert_array_equal(before.points[building, 3], after.points[building, 3])
+    return before, after, train
+
+
 def test_kitti_ranged_materials_change_the_remission_of_the_ground_only():
     """`sensor.materials=kitti-ranged` (docs/benchmarks.md "Sim-to-real", round 17): the same world and
     returns, remission drawn from the same random numbers, with the refitted albedo of the ground classes.
     Per return: remission × (new albedo / old albedo) × exp(N × (new sigma − old sigma)), N the return's
     standard normal draw, so the median ratio is the albedo ratio: grass 0.47 / 0.39, road 0.33 / 0.29;
-    a facade keeps its remission exactly."""
+    a facade keeps its remission exactly (checked by _with_materials)."""
     from dataclasses import replace
 
-    kitti = get_preset("kitti")
-    ranged = replace(kitti, sensor=replace(kitti.sensor, materials="kitti-ranged"))
-    before, after = (SequenceSimulator(p, scans=1, seed=3, sequence="00").scan(0) for p in (kitti, ranged))
-    np.testing.assert_array_equal(before.points[:, :3], after.points[:, :3])
-    np.testing.assert_array_equal(before.semantic, after.semantic)
-    train, names = LABELS.to_train(before.semantic), LABELS.class_names
+    before, after, train = _with_materials("kitti-ranged")
+    names = LABELS.class_names
     lit = (before.points[:, 3] > 0) & (after.points[:, 3] > 0) & (after.points[:, 3] < 1)
     ratio = after.points[:, 3] / np.where(lit, before.points[:, 3], 1.0)
     for name, expected in (("terrain", 0.47 / 0.39), ("road", 0.33 / 0.29), ("sidewalk", 0.40 / 0.36)):
         of_class = lit & (train == names.index(name))
         assert of_class.sum() > 200, name
         assert np.median(ratio[of_class]) == pytest.approx(expected, rel=0.01), name
-    np.testing.assert_array_equal(
-        before.points[train == names.index("building"), 3], after.points[train == names.index("building"), 3]
-    )
     # grass narrower (sigma 0.25 -> 0.15): the log-ratio spreads as the draws do, times -0.10
     grass = lit & (train == names.index("terrain"))
     assert np.log(after.points[grass, 3]).std() < np.log(before.points[grass, 3]).std() - 0.03
     with pytest.raises(ValueError, match="kitti-ranged"):
-        replace(kitti.sensor, materials="kitti-typo")
+        replace(get_preset("kitti").sensor, materials="kitti-typo")
 
 
 def test_smooth_noise_is_fixed_continuous_and_unit_variance_at_the_nodes():
@@ -353,17 +371,9 @@ def test_smooth_noise_is_fixed_continuous_and_unit_variance_at_the_nodes():
 def test_kitti_patchy_materials_make_pavement_patchy_and_lawns_alike():
     """`sensor.materials=kitti-patchy` (docs/benchmarks.md "Sim-to-real", round 18): same returns and labels,
     road remission × exp(0.21 × a smooth noise of 2.5 m cells) — alike for returns a few cm apart, varying
-    over metres — and facades as before."""
-    from dataclasses import replace
-
-    kitti = get_preset("kitti")
-    patchy = replace(kitti, sensor=replace(kitti.sensor, materials="kitti-patchy"))
-    before, after = (SequenceSimulator(p, scans=1, seed=3, sequence="00").scan(0) for p in (kitti, patchy))
-    np.testing.assert_array_equal(before.points[:, :3], after.points[:, :3])
-    np.testing.assert_array_equal(before.semantic, after.semantic)
-    train, names = LABELS.to_train(before.semantic), LABELS.class_names
-    building = train == names.index("building")
-    np.testing.assert_array_equal(before.points[building, 3], after.points[building, 3])
+    over metres — and facades as before (checked by _with_materials)."""
+    before, after, train = _with_materials("kitti-patchy")
+    names = LABELS.class_names
     road = np.flatnonzero((train == names.index("road")) & (before.points[:, 3] > 0) & (after.points[:, 3] < 1))
     log_ratio = np.log(after.points[road, 3] / before.points[road, 3])  # = 0.21 × noise at the return
     assert 0.21 * 0.4 < log_ratio.std() < 0.21 * 1.0  # the blend between nodes lowers the unit variance

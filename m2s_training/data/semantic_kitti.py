@@ -14,6 +14,7 @@ Every reader checks what it reads and raises :class:`KittiFormatError` naming fi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -264,6 +265,14 @@ class Sequence:
             semantic, instance = self.labels(index, len(points))
         pose = self.poses[index] if self.has_poses else None
         return Frame(self.name, index, points, semantic, instance, pose)
+
+
+def labelled_scans(root: str | Path, every: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(points, raw semantic ids) of every ``every``-th scan of each sequence under ``root``."""
+    for sequence in (Sequence(root, name) for name in list_sequences(root)):
+        for index in range(0, len(sequence), every):
+            points = sequence.points(index)
+            yield points, sequence.labels(index, len(points))[0]
 
 
 def list_sequences(root: str | Path) -> list[str]:

@@ -141,8 +141,8 @@ class Lidar:
         keep &= rng.random(len(t_hit)) >= cfg.dropout
 
         cos_incidence = cos_all[keep]
+        hit_world = origins[keep] + world_dirs[keep] * t_hit[keep, None]  # remission patches and glass use it
         if cfg.materials != "simple":
-            where = origins[keep] + world_dirs[keep] * t_hit[keep, None] if cfg.materials in materials.PATCHES else None
             remission = materials.kitti_remission(
                 semantic[keep],
                 instance[keep],
@@ -151,7 +151,7 @@ class Lidar:
                 measured[keep],
                 rng,
                 cfg.materials,
-                where,
+                hit_world,
                 self._world_seed,
             )
         else:
@@ -159,7 +159,6 @@ class Lidar:
         remission = np.clip(remission + rng.normal(0.0, cfg.remission_noise, len(remission)), 0.0, 1.0)
         lost = np.zeros(len(remission), bool)
         if cfg.car_glass_drop > 0 or cfg.window_glass_drop > 0:
-            hit_world = origins[keep] + world_dirs[keep] * t_hit[keep, None]
             above = hit_world[:, 2] - base[keep]  # a sloping street lifts or sinks whole cars
             drop, deeper = glass_returns(cfg, semantic[keep], normal[keep], hit_world, above, reflectivity[keep], rng)
             lost |= rng.random(len(lost)) < drop
