@@ -384,6 +384,24 @@ def test_kitti_patchy_materials_make_pavement_patchy_and_lawns_alike():
     assert np.abs(np.diff(log_ratio))[close].mean() < 0.1 * log_ratio.std()
 
 
+def test_kitti_ranged_patchy_materials_are_the_ranged_medians_on_the_patchy_layout():
+    """`sensor.materials=kitti-ranged-patchy` (docs/benchmarks.md "Sim-to-real", round 19) against kitti-patchy:
+    the same patches and draws, so a road return is brighter by exactly the albedo ratio 0.33 / 0.29 (both keep
+    sigma 0.15), a sidewalk return by 0.40 / 0.36, and grass by 0.47 / 0.39 at the median (its sigma 0.25 -> 0.15)."""
+    _, patchy, train = _with_materials("kitti-patchy")
+    _, both, _ = _with_materials("kitti-ranged-patchy")
+    names = LABELS.class_names
+    lit = (patchy.points[:, 3] > 0) & (both.points[:, 3] < 1)
+    ratio = both.points[:, 3] / np.where(lit, patchy.points[:, 3], 1.0)
+    for name, expected in (("road", 0.33 / 0.29), ("sidewalk", 0.40 / 0.36)):
+        of_class = lit & (train == names.index(name))
+        assert of_class.sum() > 200, name
+        np.testing.assert_allclose(ratio[of_class], expected, rtol=1e-5, err_msg=name)
+    grass = lit & (train == names.index("terrain"))
+    assert grass.sum() > 200
+    assert np.median(ratio[grass]) == pytest.approx(0.47 / 0.39, rel=0.01)
+
+
 def test_ray_drop_loses_grazing_and_far_returns_and_leaves_let_beams_in():
     """A flat road seen from 1.73 m: with grazing drop on, far (grazing) returns go, near ones stay."""
     from m2s_training.synth.mesh import LabelledMesh, Part

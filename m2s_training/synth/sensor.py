@@ -32,7 +32,8 @@ class SensorConfig:
     # Realism knobs of the ``kitti`` preset (the defaults keep the simple sensor of ``tiny``/``hdl64``):
     elevation_table: tuple[float, ...] | None = None  # degrees per beam, top first; overrides the linspace
     # "simple": mesh reflectivity; "kitti": per-class albedo fitted to real KITTI; "kitti-ranged": refitted
-    # range band against range band; "kitti-patchy": kitti with patchy pavement, uniform lawns (materials.py)
+    # range band against range band; "kitti-patchy": kitti with patchy pavement, uniform lawns;
+    # "kitti-ranged-patchy": both (materials.py)
     materials: str = "simple"
     grazing_drop: float = 0.0  # returns with cos(incidence) below this are lost (prob. rising to 1 at 0)
     dark_drop: float = 0.0  # returns with remission below this are lost with probability 0.5
