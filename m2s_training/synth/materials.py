@@ -85,17 +85,15 @@ class Patches:
 # patchy (mean remission of 2 m cells within 5–15 m: IQR / median 0.21, sidewalk 0.09–0.17) and real
 # grass uniform (0.13 at 5–30 m), while the synthetic pavement came out uniform (0.05) and its grass
 # patchy (0.33: lawns differ): the cue was upside down (docs/benchmarks.md "Sim-to-real", item 19: round 18).
-PATCHES = {
-    "kitti-patchy": Patches(
-        sigma={"road": 0.21, "parking": 0.15, "sidewalk": 0.12, "other-ground": 0.12}, size=2.5, grass_scale_power=0.4
-    )
-}
+PATCHY = Patches(
+    sigma={"road": 0.21, "parking": 0.15, "sidewalk": 0.12, "other-ground": 0.12}, size=2.5, grass_scale_power=0.4
+)
 # "kitti-ranged-patchy": both. The ranged refit's medians (grass brighter than sidewalk, sidewalk than road,
 # as in the real scans at 5-30 m: 0.38 / 0.32 / 0.27 at 5-15 m, where kitti-patchy gave 0.30 / 0.29 / 0.23),
 # the patchy layout, and the kitti per-return spread of the road: round 17 widened it i.i.d. and near
 # real road became sidewalk (docs/benchmarks.md "Sim-to-real", round 19).
 KITTI_MATERIALS_RANGED_PATCHY = KITTI_MATERIALS_RANGED | {"road": (0.33, 0.15, 0.06, 0.0)}
-PATCHES["kitti-ranged-patchy"] = PATCHES["kitti-patchy"]
+PATCHES = {"kitti-patchy": PATCHY, "kitti-ranged-patchy": PATCHY}
 TABLES = {
     "kitti": KITTI_MATERIALS,
     "kitti-ranged": KITTI_MATERIALS_RANGED,
