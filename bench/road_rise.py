@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from m2s_perception.labels import load_label_map
-from m2s_perception.levelling import fit_ground, level_on
+from m2s_perception.levelling import level
 from m2s_training.data.semantic_kitti import labelled_scans
 
 SECTORS = ("ahead", "left", "behind", "right")
@@ -31,7 +31,7 @@ def road_rise(
 ) -> dict[str, float]:
     """Per sector with enough road: median height of the road ``near``–``far`` m away minus that of the
     road within ``under`` m, on the scan levelled on its ground plane (as it is when none is found)."""
-    levelled = level_on(points, fit_ground(points))
+    levelled = level(points)
     distance = np.hypot(levelled[:, 0], levelled[:, 1])
     below = road & (distance < under)
     if below.sum() < min_points:
