@@ -428,6 +428,56 @@ def test_ray_drop_loses_grazing_and_far_returns_and_leaves_let_beams_in():
     assert np.mean(points[:, 2] < -0.02) > 0.8  # returns come from inside the foliage, below its surface
 
 
+def test_beam_elevation_noise_sets_each_ring_off_its_table_elevation_once_per_world():
+    """A flat road 1.73 m below the sensor. The returns are reported along the table directions; the
+    lasers point elsewhere: from each return's range the true elevation is asin(-1.73 / range)."""
+    from m2s_training.synth.mesh import LabelledMesh, Part
+    from m2s_training.synth.sensor import Lidar, SensorConfig
+
+    def road(size: float) -> LabelledMesh:
+        return LabelledMesh.from_parts([Part("box", (size, size, 0.2), (0.0, 0.0, -0.1), "road")], 0)
+
+    pose = np.eye(4)
+    pose[2, 3] = 1.73
+    table = np.linspace(-2.0, -24.0, 16)
+    base = dict(beams=16, azimuth_steps=90, elevation_top_deg=-2.0, elevation_bottom_deg=-24.0)
+    base.update(dropout=0.0, range_noise=0.0, max_range=80.0)
+
+    def rings(config: SensorConfig, world: LabelledMesh, seed: int = 0) -> np.ndarray:
+        points = Lidar(config, world).scan(pose, None, np.random.default_rng(seed)).points
+        assert len(points) == 16 * 90  # every laser hits the road: beam-major rings of 90 returns
+        return points.reshape(16, 90, 4)
+
+    def true_elevation(points: np.ndarray) -> np.ndarray:
+        return np.degrees(np.arcsin(-1.73 / np.linalg.norm(points[..., :3].astype(np.float64), axis=-1)))
+
+    def reported_elevation(points: np.ndarray) -> np.ndarray:
+        xyz = points[..., :3].astype(np.float64)
+        return np.degrees(np.arctan2(xyz[..., 2], np.hypot(xyz[..., 0], xyz[..., 1])))
+
+    perfect = rings(SensorConfig(**base), road(200.0))
+    assert np.allclose(perfect[..., 2], -1.73, atol=1e-4)  # every ring on the road's height
+    assert np.allclose(true_elevation(perfect), table[:, None], atol=1e-3)
+
+    off = rings(SensorConfig(**base, beam_elevation_noise=0.05), road(200.0))
+    assert np.allclose(reported_elevation(off), table[:, None], atol=1e-3)  # reported as the table says
+    offset = true_elevation(off) - table[:, None]  # degrees, per return
+    assert np.ptp(offset, axis=1).max() < 2e-3  # one offset per laser, the same all round
+    assert 0.025 < offset[:, 0].std() < 0.08  # about the asked 0.05 over 16 lasers
+    # a laser aimed low returns nearer: its ring lies high, by about range x offset (small angles)
+    ground_range = np.hypot(off[..., 0], off[..., 1]).mean(axis=1)
+    rise = off[:, :, 2].mean(axis=1) + 1.73
+    assert np.allclose(rise, -np.deg2rad(offset[:, 0]) * ground_range, atol=0.2 * np.abs(rise).max())
+    assert np.abs(rise).max() > 0.01  # centimetres: what real road rings show (docs/benchmarks.md item 23)
+    # fixed per world: another scan of the same world has the same offsets, another world others
+    again = true_elevation(rings(SensorConfig(**base, beam_elevation_noise=0.05), road(200.0), seed=1))
+    assert np.allclose(again - table[:, None], offset, atol=1e-3)
+    other = true_elevation(rings(SensorConfig(**base, beam_elevation_noise=0.05), road(190.0)))
+    assert np.abs((other - table[:, None])[:, 0] - offset[:, 0]).max() > 0.01
+    with pytest.raises(ValueError, match="beam_elevation_noise"):
+        SensorConfig(beam_elevation_noise=-0.1)
+
+
 def _facing_wall(semantic: str, height: float, reflectivity_scale: float = 1.0):
     """A 40 m wide, 0.3 m thick wall 8 m in front of a sensor 1.73 m above the ground (z = 0)."""
     from m2s_training.synth.mesh import LabelledMesh, Part

@@ -54,6 +54,11 @@ class SensorConfig:
     # share of the pane hits is lost, the rest return from the room behind (0.2–3 m deeper), dark.
     car_glass_drop: float = 0.0
     window_glass_drop: float = 0.0
+    # Calibration error, degrees (1 sigma): each laser fires this far off its table elevation (a fixed
+    # offset per beam, drawn once per world: one sensor per drive), but its returns are reported along
+    # the table direction. On flat ground a ring then lies range × offset high or low: real road rings
+    # step ~0.9 cm from ring to ring at 8–30 m, perfect synthetic ones 0.1 cm (docs/benchmarks.md item 23).
+    beam_elevation_noise: float = 0.0
 
     def __post_init__(self):
         if self.beams < 1 or self.azimuth_steps < 1:
@@ -65,6 +70,8 @@ class SensorConfig:
         if self.materials not in ("simple", *materials.TABLES):
             known = ", ".join(repr(name) for name in ("simple", *materials.TABLES))
             raise ValueError(f"materials must be one of {known}, got {self.materials!r}")
+        if not 0.0 <= self.beam_elevation_noise < 1.0:
+            raise ValueError(f"beam_elevation_noise must be in [0, 1) degrees, got {self.beam_elevation_noise}")
         if not 0.0 <= self.min_range < self.max_range:
             raise ValueError(f"need 0 <= min_range < max_range, got {self.min_range}, {self.max_range}")
 
@@ -99,16 +106,21 @@ class _MeshScene:
 class Lidar:
     def __init__(self, config: SensorConfig, static: LabelledMesh):
         self.config = config
-        self.directions = beam_directions(config)  # (R, 3) unit vectors in the sensor frame
         self._static = _MeshScene(static)
         self._static_base = instance_base(static)
-        # where remission patches lie (materials with PATCHES): one layout per world, from its own mesh
+        # where remission patches lie (materials with PATCHES) and how the lasers are off: one draw per
+        # world, from its own mesh, so the scans' own random numbers stay as they were
         self._world_seed = int(np.abs(static.vertices[:1000]).sum() * 1000) % (1 << 31)
+        self.directions = beam_directions(config)  # (R, 3) unit vectors in the sensor frame, as reported
+        self.cast_directions = self.directions  # where the lasers really point
+        if config.beam_elevation_noise > 0:
+            offsets = np.random.default_rng(self._world_seed).normal(0.0, config.beam_elevation_noise, config.beams)
+            self.cast_directions = beam_directions(config, offsets)
 
     def scan(self, pose: np.ndarray, moving: LabelledMesh | None, rng: np.random.Generator) -> Scan:
         """Cast every beam from ``pose`` (4x4 T_world_sensor); return noisy labelled points."""
         cfg = self.config
-        world_dirs = (self.directions @ pose[:3, :3].T).astype(np.float32)
+        world_dirs = (self.cast_directions @ pose[:3, :3].T).astype(np.float32)
         origins = np.broadcast_to(pose[:3, 3].astype(np.float32), world_dirs.shape)
         rays = o3d.core.Tensor(np.ascontiguousarray(np.hstack([origins, world_dirs])))
 
@@ -274,12 +286,16 @@ def _hash01(values: np.ndarray, multiplier: int) -> np.ndarray:
     return ((bits * np.uint64(multiplier)) % np.uint64(1 << 32)).astype(np.float64) / float(1 << 32)
 
 
-def beam_directions(config: SensorConfig) -> np.ndarray:
-    """Unit ray directions, beam-major (all azimuths of the top beam first), float32 (R, 3)."""
+def beam_directions(config: SensorConfig, elevation_offsets: np.ndarray | None = None) -> np.ndarray:
+    """Unit ray directions, beam-major (all azimuths of the top beam first), float32 (R, 3);
+    ``elevation_offsets``: degrees added to each beam's elevation."""
     if config.elevation_table is not None:
-        elevation = np.deg2rad(np.asarray(config.elevation_table, np.float64))
+        elevation_deg = np.asarray(config.elevation_table, np.float64)
     else:
-        elevation = np.deg2rad(np.linspace(config.elevation_top_deg, config.elevation_bottom_deg, config.beams))
+        elevation_deg = np.linspace(config.elevation_top_deg, config.elevation_bottom_deg, config.beams)
+    if elevation_offsets is not None:
+        elevation_deg = elevation_deg + elevation_offsets
+    elevation = np.deg2rad(elevation_deg)
     azimuth = np.linspace(np.pi, -np.pi, config.azimuth_steps, endpoint=False)
     el, az = np.meshgrid(elevation, azimuth, indexing="ij")
     dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=-1)
