@@ -48,8 +48,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The benchmarks that need nothing but this package (no data set, no GPU; about a minute on 2 cores).
+# The other tools in bench/ take data roots, checkpoints or a GPU: each one's docstring and
+# docs/benchmarks.md give its command. Modules, not scripts: some import tests/ helpers.
+BENCHES ?= bench_codec bench_synth bench_node bench_node_outputs qos_delivery bench_backbones
+
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python -m bench.$$b || exit 1; done
 
 demo: $(STAMP)
 	$(BIN)/python -m m2s_training.demo --out runs/demo $(if $(wildcard $(REAL)/sequences),--real $(REAL))
