@@ -181,7 +181,7 @@ def test_set_changes_preset_and_sensor_fields_and_rejects_unknown_or_mistyped_on
         ("porous=1", "unknown keys porous"),
         ("sensor.dropout=abc", "expected a number"),
         ("kerb_height=[0.2,0.1]", "kerb_height must be [low, high] with 0 <= low <= high, got [0.2, 0.1]"),
-        ("lawn_drop=[-0.1,0.1]", "lawn_drop must be"),
+        ("lawn_drop=[0.1,-0.1]", "lawn_drop must be"),
         ("hedge_height=[1.5,0.5]", "hedge_height must be [low, high]"),
     ]
     for bad, message in refused:
@@ -707,8 +707,9 @@ def _heights_above_road(preset, seeds=(0, 1, 2)) -> dict[str, float]:
 
 
 def test_kerb_height_and_lawn_drop_set_how_high_sidewalks_and_grass_lie():
-    """The real scans' sidewalks lie ~0.18 m above the road and their grass near road level
-    (docs/benchmarks.md, "Sim-to-real", round 12); the `kitti` world puts both ~0.1 m up."""
+    """kerb_height sets how high the sidewalks lie above the road, lawn_drop how far below them the grass
+    lies (negative: above them). Round 12 read the real scans unlevelled as sidewalks high and grass
+    at road level; levelled they read the other way round (docs/benchmarks.md items 13 and 24)."""
     from dataclasses import replace
 
     kitti = get_preset("kitti")
@@ -718,3 +719,7 @@ def test_kerb_height_and_lawn_drop_set_how_high_sidewalks_and_grass_lie():
     raised = _heights_above_road(replace(kitti, kerb_height=(0.20, 0.25), lawn_drop=(0.15, 0.15)))
     assert 0.19 < raised["sidewalk"] < 0.26
     assert 0.0 < raised["terrain"] < 0.14 and raised["sidewalk"] - raised["terrain"] > 0.1
+    # kerbs of 0.05–0.06 m, grass 0.20 m above them: sidewalk at ~0.055, grass at ~0.25 (+ bumps)
+    lifted = _heights_above_road(replace(kitti, kerb_height=(0.05, 0.06), lawn_drop=(-0.20, -0.20)))
+    assert 0.04 < lifted["sidewalk"] < 0.07
+    assert 0.18 < lifted["terrain"] < 0.32 and lifted["terrain"] - lifted["sidewalk"] > 0.12

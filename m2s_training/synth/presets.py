@@ -31,20 +31,19 @@ class Preset:
     lush: bool = False  # kitti world: trees with low crowns and hedgerows of tall shrubs in the open plots
     skewed_junctions: float = 0.0  # kitti world: > 0 adds T-junctions, and arms skewed 15–50° this often
     kerb_height: tuple[float, float] = (0.08, 0.18)  # kitti world: sidewalk top above the road, m (cross streets +2 cm)
-    # kitti world: how far below the sidewalk the grass of verges and yards lies, m, drawn per side, and
-    # what grows or stands there stands on it; None: 2–3 cm below, hedges and fences at kerb height
+    # kitti world: how far below the sidewalk the grass of verges and yards lies, m, drawn per side (negative:
+    # above it, as raised lawns), and what grows or stands there stands on it; None: 2–3 cm below, hedges and
+    # fences at kerb height
     lawn_drop: tuple[float, float] | None = None
     hedge_height: tuple[float, float] = (0.8, 2.5)  # kitti world: front-yard hedges, m, drawn per hedge
 
     def __post_init__(self) -> None:
-        ranges = {
-            "kerb_height": self.kerb_height,
-            "lawn_drop": self.lawn_drop or (0.0, 0.0),
-            "hedge_height": self.hedge_height,
-        }
+        ranges = {"kerb_height": self.kerb_height, "hedge_height": self.hedge_height}
         for name, (low, high) in ranges.items():
             if not 0.0 <= low <= high:
                 raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got {[low, high]}")
+        if self.lawn_drop is not None and not -1.0 <= self.lawn_drop[0] <= self.lawn_drop[1] <= 1.0:
+            raise ValueError(f"lawn_drop must be [low, high] with -1 <= low <= high <= 1 m, got {list(self.lawn_drop)}")
 
 
 PRESETS = {

@@ -145,9 +145,10 @@ class _KittiStreet:
                 w.static.append(arm_ground(crossing, arm, half[arm.side] + 0.01, reach, kerb, piece))
 
     def cross_kerb(self) -> float:
-        """A cross street's kerb height: 2 cm higher at least than the lowest kerb along the street."""
+        """A cross street's kerb height: 2 cm higher at least than the lowest kerb along the street (within
+        ``kerb_height``: a range narrower than 2 cm gives its highest kerb)."""
         low, high = self.preset.kerb_height
-        return self.rng.uniform(low + 0.02, high)
+        return self.rng.uniform(min(low + 0.02, high), high)
 
     def side(self, side: float, edge: float, x_range: Span) -> None:
         w, rng = self.w, self.rng
