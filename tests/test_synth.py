@@ -723,3 +723,61 @@ def test_kerb_height_and_lawn_drop_set_how_high_sidewalks_and_grass_lie():
     lifted = _heights_above_road(replace(kitti, kerb_height=(0.05, 0.06), lawn_drop=(-0.20, -0.20)))
     assert 0.04 < lifted["sidewalk"] < 0.07
     assert 0.18 < lifted["terrain"] < 0.32 and lifted["terrain"] - lifted["sidewalk"] > 0.12
+
+
+def test_laser_floors_zero_whole_rings_of_dark_road_and_gains_scale_each_laser_once_per_world():
+    """A flat road of one albedo under 16 lasers. Each laser gets one gain and one floor per world: its
+    whole ring reads remission 0 where the road's remission under its gain falls below its floor, and
+    the ground classes get no random zeros of their own (kitti materials give road 6 % per point)."""
+    from m2s_training.synth.mesh import LabelledMesh, Part
+    from m2s_training.synth.sensor import Lidar, SensorConfig
+
+    def road(size: float) -> LabelledMesh:
+        return LabelledMesh.from_parts([Part("box", (size, size, 0.2), (0.0, 0.0, -0.1), "road")], 0)
+
+    pose = np.eye(4)
+    pose[2, 3] = 1.73
+    base = dict(beams=16, azimuth_steps=90, elevation_top_deg=-4.0, elevation_bottom_deg=-24.0, materials="kitti")
+    base.update(dropout=0.0, range_noise=0.0, remission_noise=0.0, max_range=80.0)  # the kitti preset's noise: 0
+
+    def rings(world: LabelledMesh, seed: int = 0, **settings) -> np.ndarray:
+        points = Lidar(SensorConfig(**base, **settings), world).scan(pose, None, np.random.default_rng(seed)).points
+        assert len(points) == 16 * 90  # every laser hits the road: beam-major rings of 90 returns
+        return points.reshape(16, 90, 4)[..., 3]
+
+    plain = rings(road(200.0))
+    assert 0.02 < np.mean(plain == 0) < 0.12  # the materials' random zeros: 6 % of road returns
+    # with a floor: random zeros off; a floor of 0.02 lies below every road return (albedo 0.29, sigma 0.15)
+    assert np.mean(rings(road(200.0), laser_floor=0.02) == 0) == 0
+    # one floor for all (spread 0) at the road's median: about half the returns read 0, as in the plain scan's
+    median = float(np.median(plain[plain > 0]))
+    halved = rings(road(200.0), laser_floor=median)
+    assert 0.35 < np.mean(halved == 0) < 0.65
+    # the same random numbers: where the plain scan has a value, the floor zeroes exactly those below it
+    np.testing.assert_array_equal((halved == 0)[plain > 0], (plain < median)[plain > 0])
+
+    # gains: one per laser, fixed per world; the floor off, each ring's remission is the plain one x its gain
+    gained = rings(road(200.0), laser_gain_sigma=0.3)
+    lit = (gained > 0) & (gained < 1) & (plain > 0)
+    ratio = np.where(lit, gained / np.where(plain > 0, plain, 1), np.nan)
+    per_laser = np.nanmedian(ratio, axis=1)
+    assert np.nanmax(np.abs(ratio - per_laser[:, None])) < 1e-4  # the same factor all round a ring
+    assert 0.15 < np.std(np.log(per_laser)) < 0.5  # about the asked 0.3 over 16 lasers
+    again = rings(road(200.0), seed=1, laser_gain_sigma=0.3)
+    plain_again = rings(road(200.0), seed=1)
+    lit_again = (again > 0) & (again < 1) & (plain_again > 0)
+    ratio_again = np.nanmedian(np.where(lit_again, again / np.where(plain_again > 0, plain_again, 1), np.nan), axis=1)
+    assert np.allclose(ratio_again, per_laser, rtol=1e-4)  # another scan of the world: the same lasers
+    other = rings(road(190.0), laser_gain_sigma=0.3)
+    plain_other = rings(road(190.0))
+    lit_other = (other > 0) & (other < 1) & (plain_other > 0)
+    ratio_other = np.nanmedian(np.where(lit_other, other / np.where(plain_other > 0, plain_other, 1), np.nan), axis=1)
+    assert np.abs(ratio_other - per_laser).max() > 0.05  # another world: another sensor
+
+    # floors spread over the lasers: zeros come in whole rings (dark lasers), not scattered
+    spread = rings(road(200.0), laser_floor=median, laser_floor_spread=0.6)
+    share = np.mean(spread == 0, axis=1)
+    assert share.max() > 0.9 and share.min() < 0.1
+    for name in ("laser_floor", "laser_floor_spread", "laser_gain_sigma"):
+        with pytest.raises(ValueError, match=name):
+            SensorConfig(**{name: -0.1})

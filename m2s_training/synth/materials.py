@@ -93,6 +93,7 @@ PATCHY = Patches(
 # the patchy layout, and the kitti per-return spread of the road: round 17 widened it i.i.d. and near
 # real road became sidewalk (docs/benchmarks.md "Sim-to-real", round 19).
 KITTI_MATERIALS_RANGED_PATCHY = KITTI_MATERIALS_RANGED | {"road": (0.33, 0.15, 0.06, 0.0)}
+GROUND_CLASSES = ("road", "parking", "sidewalk", "other-ground", "terrain")
 PATCHES = {"kitti-patchy": PATCHY, "kitti-ranged-patchy": PATCHY}
 TABLES = {
     "kitti": KITTI_MATERIALS,
@@ -121,6 +122,16 @@ def _tables(table: str) -> tuple[np.ndarray, ...]:
             patch_sigma[raw] = patches.sigma.get(train_name, 0.0)
             scale_power[raw] = patches.grass_scale_power if train_name == "terrain" else 1.0
     return albedo, sigma, zero, dark, simple, patch_sigma, scale_power
+
+
+@lru_cache(maxsize=1)
+def _ground_ids() -> np.ndarray:
+    """Per raw id (65536 entries): True for the ground classes (road, parking, sidewalk, other-ground, terrain)."""
+    label_map = load_label_map()
+    ground = np.zeros(1 << 16, bool)
+    for raw in label_map.raw_names:
+        ground[raw] = label_map.class_names[label_map.to_train(np.array([raw]))[0]] in GROUND_CLASSES
+    return ground
 
 
 def smooth_noise(xy: np.ndarray, size: float, seed: int) -> np.ndarray:
@@ -154,11 +165,15 @@ def kitti_remission(
     table: str = "kitti",
     where: np.ndarray | None = None,
     world_seed: int = 0,
+    ground_zeros: bool = True,
 ) -> np.ndarray:
     """Remission in [0, 1] per return; ``reflectivity`` is the mesh's (per-object scaled) value;
     ``table``: a name of ``TABLES``; one with ``PATCHES`` needs ``where``, the returns' world x, y (m),
-    and lays out its patches by ``world_seed``."""
+    and lays out its patches by ``world_seed``. ``ground_zeros=False``: no random per-point zeros on the
+    ground classes (a sensor with laser floors makes their zeros itself, where returns are dark)."""
     albedo, sigma, zero, dark, simple, patch_sigma, scale_power = _tables(table)
+    if not ground_zeros:
+        zero = np.where(_ground_ids(), 0.0, zero)
     scale = (reflectivity / simple[semantic]) ** scale_power[semantic]  # the object's own; lane paint ~5
     value = albedo[semantic] * scale * (0.75 + 0.25 * cos_incidence) * np.exp(-ranges / 400.0)
     if table in PATCHES:

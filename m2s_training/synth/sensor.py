@@ -59,6 +59,14 @@ class SensorConfig:
     # the table direction. On flat ground a ring then lies range × offset high or low: real road rings
     # step ~0.9 cm from ring to ring at 8–30 m, perfect synthetic ones 0.1 cm (docs/benchmarks.md item 23).
     beam_elevation_noise: float = 0.0
+    # Intensity quirks of each laser (one draw per world, like the elevation offsets): a gain (lognormal,
+    # this sigma) and a floor below which the laser reports remission 0 (lognormal over the lasers:
+    # median ``laser_floor``, sigma ``laser_floor_spread``). Real KITTI zeros lie on dark road in whole
+    # ring segments and patches, and almost never on grass; random per-point zeros lie everywhere
+    # (bench/zero_returns.py). With a floor, the ground classes get no random zeros from the materials.
+    laser_gain_sigma: float = 0.0
+    laser_floor: float = 0.0
+    laser_floor_spread: float = 0.0
 
     def __post_init__(self):
         if self.beams < 1 or self.azimuth_steps < 1:
@@ -72,6 +80,9 @@ class SensorConfig:
             raise ValueError(f"materials must be one of {known}, got {self.materials!r}")
         if not 0.0 <= self.beam_elevation_noise < 1.0:
             raise ValueError(f"beam_elevation_noise must be in [0, 1) degrees, got {self.beam_elevation_noise}")
+        for name in ("laser_gain_sigma", "laser_floor", "laser_floor_spread"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.min_range < self.max_range:
             raise ValueError(f"need 0 <= min_range < max_range, got {self.min_range}, {self.max_range}")
 
@@ -116,6 +127,10 @@ class Lidar:
         if config.beam_elevation_noise > 0:
             offsets = np.random.default_rng(self._world_seed).normal(0.0, config.beam_elevation_noise, config.beams)
             self.cast_directions = beam_directions(config, offsets)
+        # a generator of its own: the elevation offsets above stay what they were for a world
+        lasers = np.random.default_rng([self._world_seed, 1])
+        self.laser_gain = np.exp(lasers.normal(0.0, config.laser_gain_sigma, config.beams))
+        self.laser_floor = config.laser_floor * np.exp(lasers.normal(0.0, config.laser_floor_spread, config.beams))
 
     def scan(self, pose: np.ndarray, moving: LabelledMesh | None, rng: np.random.Generator) -> Scan:
         """Cast every beam from ``pose`` (4x4 T_world_sensor); return noisy labelled points."""
@@ -166,6 +181,7 @@ class Lidar:
                 cfg.materials,
                 hit_world,
                 self._world_seed,
+                ground_zeros=cfg.laser_floor == 0,
             )
         else:
             remission = reflectivity[keep] * (0.3 + 0.7 * cos_incidence) * np.exp(-measured[keep] / 250.0)
@@ -185,6 +201,10 @@ class Lidar:
             lost |= rng.random(len(lost)) < cfg.far_drop * (measured[keep] / cfg.max_range) ** 2
         keep[np.flatnonzero(keep)[lost]] = False
         remission = remission[~lost]
+        if cfg.laser_gain_sigma > 0 or cfg.laser_floor > 0:  # after the dark drop: a floored return is kept, as 0
+            beam = np.flatnonzero(keep) // cfg.azimuth_steps
+            remission = np.clip(remission * self.laser_gain[beam], 0.0, 1.0)
+            remission[remission < self.laser_floor[beam]] = 0.0
         xyz = self.directions[keep] * measured[keep, None]
         points = np.hstack([xyz, remission[:, None]]).astype(np.float32)
         return Scan(points, semantic[keep], instance[keep])
