@@ -58,6 +58,7 @@ setup(
             "m2s-train = m2s_training.train:main",
             "m2s-eval = m2s_training.evaluate:main",
             "m2s-ensemble = m2s_training.ensemble:main",
+            "m2s-recalibrate = m2s_training.recalibrate:main",
             "m2s-bag = m2s_training.bag.cli:main",
             "m2s-segment = m2s_perception.node:main",
             "m2s-export = m2s_perception.export:main",
