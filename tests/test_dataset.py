@@ -239,9 +239,40 @@ def test_remission_falloff_dims_far_points_as_a_real_hdl64e_does():
     assert 0.23 < share < 0.37
 
 
+def test_zero_fill_gives_every_zero_the_value_of_a_lit_return_in_a_share_of_the_scans():
+    # remission 0, 0.2, 0, 0.4, 0.6, 0 at distinct places: the three zeros take values among the lit
+    # 0.2, 0.4, 0.6; the lit returns and every coordinate stay as they were
+    points = np.array(
+        [[5, 0, 0, 0], [6, 0, 0, 0.2], [7, 0, 0, 0], [8, 0, 0, 0.4], [9, 0, 0, 0.6], [10, 0, 0, 0]], np.float32
+    )
+    lit = points[:, 3] > 0
+    for seed in range(20):
+        out = augment(points, AugmentConfig(**PLAIN, zero_fill=1.0), np.random.default_rng(seed))
+        assert set(out[~lit, 3].tolist()) <= {np.float32(0.2), np.float32(0.4), np.float32(0.6)}
+        np.testing.assert_array_equal(out[lit], points[lit])
+        np.testing.assert_array_equal(out[:, :3], points[:, :3])
+    # all drawn values over many scans: each lit value shows up (a random lit return, not one fixed value)
+    drawn = {
+        v
+        for seed in range(50)
+        for v in augment(points, AugmentConfig(**PLAIN, zero_fill=1.0), np.random.default_rng(seed))[~lit, 3].tolist()
+    }
+    assert len(drawn) == 3
+    # a scan with nothing lit keeps its zeros; off (the default) changes nothing
+    dark = points.copy()
+    dark[:, 3] = 0
+    np.testing.assert_array_equal(augment(dark, AugmentConfig(**PLAIN, zero_fill=1.0), np.random.default_rng(0)), dark)
+    np.testing.assert_array_equal(augment(points, AugmentConfig(**PLAIN), np.random.default_rng(0)), points)
+    # a share of the scans: with 0.5, about half of them lose their zeros
+    half = [augment(points, AugmentConfig(**PLAIN, zero_fill=0.5), np.random.default_rng(seed)) for seed in range(400)]
+    share = np.mean([(h[:, 3] == 0).sum() == 0 for h in half])
+    assert 0.42 < share < 0.58
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
+        ({"zero_fill": -0.1}, "zero_fill is a share"),
         ({"remission_falloff": 1.5}, "remission_falloff is a share"),
         ({"falloff_knee": (30.0, 15.0)}, "falloff_knee: expected 0 < low <= high"),
         ({"falloff_power": (0.0, 1.0)}, "falloff_power: expected 0 < low <= high"),

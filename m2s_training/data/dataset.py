@@ -58,8 +58,15 @@ class AugmentConfig:
     # metres: noise along each beam with a σ drawn per scan from [0, range_noise], so that how rough
     # a surface looks (which differs between simulation and a real sensor) is no cue to its class
     range_noise: float = 0.0
+    # share of the scans whose remission-0 returns take the remission of lit returns of the same scan,
+    # drawn at random: students learned to find road only by the few zeros among it, in simulation
+    # and on real scans alike (docs/benchmarks.md "Sim-to-real", item 27); scans without zeros make
+    # that cue unreliable, so geometry and context must carry road too
+    zero_fill: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.zero_fill <= 1.0:
+            raise ValueError(f"zero_fill is a share of scans in [0, 1], got {self.zero_fill}")
         if not 0.0 <= self.remission_falloff <= 1.0:
             raise ValueError(f"remission_falloff is a share of scans in [0, 1], got {self.remission_falloff}")
         for name in ("falloff_knee", "falloff_power", "falloff_zero_range"):
@@ -161,13 +168,28 @@ def augment(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator)
         xyz += rng.normal(0.0, config.jitter_std, size=xyz.shape)
     out = points.copy()
     out[:, :3] = xyz
+    if config.zero_fill > 0 and rng.random() < config.zero_fill:
+        out[:, 3] = fill_zeros(out[:, 3], rng)
     if config.remission_falloff > 0 and rng.random() < config.remission_falloff:
-        out[:, 3] = dim_with_range(points, config, rng)  # the range the sensor measured, before scaling
+        measured = np.concatenate([points[:, :3], out[:, 3:4]], axis=1)  # the range before scaling
+        out[:, 3] = dim_with_range(measured, config, rng)
     if config.remission_scale != (1.0, 1.0) or config.remission_noise > 0:
         remission = out[:, 3] * rng.uniform(*config.remission_scale)
         remission += rng.normal(0.0, config.remission_noise, len(remission)) * (remission > 0)  # zeros stay 0
         out[:, 3] = np.clip(remission, 0.0, 1.0)
     return out
+
+
+def fill_zeros(remission: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``remission`` with every 0 replaced by the value of a lit (> 0) return drawn at random; as it is
+    where nothing is lit."""
+    zeros = np.flatnonzero(remission == 0)
+    lit = np.flatnonzero(remission > 0)
+    if len(zeros) == 0 or len(lit) == 0:
+        return remission
+    filled = remission.copy()
+    filled[zeros] = remission[rng.choice(lit, len(zeros))]
+    return filled
 
 
 def dim_with_range(points: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
