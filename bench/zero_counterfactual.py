@@ -6,13 +6,20 @@ the node could have).
 - ``zeros scattered``: per scan, the class's zeros are moved to as many of its returns drawn at random
   (the returns that were 0 take the remission of other, lit returns of the class): the same number of
   zeros, no longer in runs along rings and patches;
-- ``zeros lit``: the class's zeros take the remission of its lit returns, drawn at random: no zeros.
+- ``zeros lit``: the class's zeros take the remission of its lit returns, drawn at random: no zeros;
+- ``remission N(m, s)``: every return of the class draws its remission from a normal (``--level m s``,
+  clipped to [0.01, 1]): no zeros and no texture of its own;
+- ``whole scan at c``: every return of the scan, of any class, at one value (``--constant``): no
+  remission cue at all.
 
-For each variant: terrain IoU and how much of the paved ground (road, sidewalk, parking) ``--near``–
-``--far`` m away is called terrain (docs/benchmarks.md "Sim-to-real", item 25), e.g.
+For each variant: the IoU of the ``--called`` class (default terrain) and how much of the paved ground
+(road, sidewalk, parking) ``--near``–``--far`` m away is called it (docs/benchmarks.md "Sim-to-real",
+items 25 and 27), e.g.
 
     .venv/bin/python -m bench.zero_counterfactual --checkpoint m2s_perception/weights/demo_student.pt \\
         --data /work/shared/real/semantickitti --cls road
+    .venv/bin/python -m bench.zero_counterfactual --checkpoint m2s_perception/weights/demo_student.pt \\
+        --data /work/shared/real/semantickitti --cls road --called road --near 0 --far 200
 """
 
 from __future__ import annotations
@@ -55,6 +62,17 @@ def light_zeros(remission: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     return out
 
 
+def draw_level(mean: float, spread: float) -> Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]:
+    """A change that gives every ``mask``ed return a remission drawn from N(``mean``, ``spread``)."""
+
+    def change(remission: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out = remission.copy()
+        out[mask] = np.clip(rng.normal(mean, spread, int(mask.sum())), 0.01, 1.0)
+        return out
+
+    return change
+
+
 def score(
     segmenter: Segmenter,
     scans: list[tuple[np.ndarray, np.ndarray]],
@@ -62,10 +80,11 @@ def score(
     class_ids: list[int],
     near: float,
     far: float,
+    called: str = "terrain",
 ) -> tuple[float, dict[str, float]]:
-    """Terrain IoU and, per paved class, the share of its ``near``–``far`` m returns called terrain."""
+    """IoU of ``called`` and, per paved class, the share of its ``near``–``far`` m returns called it."""
     labels = load_label_map()
-    terrain = labels.class_id("terrain")
+    target = labels.class_id(called)
     rng = np.random.default_rng(0)
     hit = false = missed = 0
     paved = {name: [0, 0] for name in PAVED}
@@ -74,15 +93,15 @@ def score(
         changed[:, 3] = change(points[:, 3], np.isin(train, class_ids), rng)
         predicted = segmenter.predict(changed).labels
         labelled = train > 0
-        hit += int(((predicted == terrain) & (train == terrain)).sum())
-        false += int(((predicted == terrain) & (train != terrain) & labelled).sum())
-        missed += int(((predicted != terrain) & (train == terrain)).sum())
+        hit += int(((predicted == target) & (train == target)).sum())
+        false += int(((predicted == target) & (train != target) & labelled).sum())
+        missed += int(((predicted != target) & (train == target)).sum())
         distance = np.hypot(points[:, 0], points[:, 1])
         band = (distance >= near) & (distance < far)
         for name, counts in paved.items():
             chosen = band & (train == labels.class_id(name))
             counts[0] += int(chosen.sum())
-            counts[1] += int((chosen & (predicted == terrain)).sum())
+            counts[1] += int((chosen & (predicted == target)).sum())
     iou = hit / max(1, hit + false + missed)
     return iou, {name: called / max(1, total) for name, (total, called) in paved.items()}
 
@@ -94,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cls", nargs="+", default=["road"], help="classes whose zeros move (default road)")
     parser.add_argument("--near", type=float, default=15.0)
     parser.add_argument("--far", type=float, default=30.0)
+    parser.add_argument("--called", default="terrain", help="the class whose calls are counted (default terrain)")
+    parser.add_argument("--level", nargs=2, type=float, default=[0.23, 0.03], metavar=("MEAN", "SPREAD"))
+    parser.add_argument("--constant", type=float, default=0.25)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     labels = load_label_map()
@@ -104,13 +126,15 @@ def main(argv: list[str] | None = None) -> None:
         "as is": lambda remission, mask, rng: remission,
         "zeros scattered": scatter_zeros,
         "zeros lit": light_zeros,
+        f"remission N({args.level[0]:g}, {args.level[1]:g})": draw_level(*args.level),
+        f"whole scan at {args.constant:g}": lambda remission, mask, rng: np.full_like(remission, args.constant),
     }
     print(f"{args.checkpoint} on {len(scans)} scans; zeros of {', '.join(args.cls)} changed")
-    columns = " | ".join(f"{name} {args.near:.0f}–{args.far:.0f} m called terrain" for name in PAVED)
-    print(f"| variant | terrain IoU | {columns} |")
+    columns = " | ".join(f"{name} {args.near:.0f}–{args.far:.0f} m called {args.called}" for name in PAVED)
+    print(f"| variant | {args.called} IoU | {columns} |")
     print("|---|---|" + "---|" * len(PAVED))
     for name, change in variants.items():
-        iou, paved = score(segmenter, scans, change, class_ids, args.near, args.far)
+        iou, paved = score(segmenter, scans, change, class_ids, args.near, args.far, args.called)
         print(f"| {name} | {iou:.3f} | {' | '.join(f'{paved[n]:.2f}' for n in PAVED)} |", flush=True)
 
 

@@ -76,3 +76,16 @@ def test_counterfactuals_move_or_light_the_zeros_of_the_chosen_returns_only():
     np.testing.assert_array_equal(lit[~mask], remission[~mask])
     assert np.all(lit[mask] > 0) and set(np.unique(lit[mask])) <= {np.float32(0.2), np.float32(0.3)}
     np.testing.assert_array_equal(lit[mask & (remission > 0)], remission[mask & (remission > 0)])
+
+
+def test_a_drawn_level_replaces_the_chosen_returns_with_a_clipped_normal_and_leaves_the_rest():
+    from bench.zero_counterfactual import draw_level
+
+    remission = np.zeros(20000, np.float32)
+    remission[10000:] = 0.7
+    mask = np.arange(20000) % 2 == 0
+    out = draw_level(0.23, 0.03)(remission, mask, np.random.default_rng(0))
+    np.testing.assert_array_equal(out[~mask], remission[~mask])
+    assert abs(out[mask].mean() - 0.23) < 0.002 and abs(out[mask].std() - 0.03) < 0.002  # 10k draws
+    clipped = draw_level(0.0, 0.5)(remission, mask, np.random.default_rng(0))[mask]
+    assert clipped.min() == np.float32(0.01) and clipped.max() == np.float32(1.0)  # never a 0, never above 1
