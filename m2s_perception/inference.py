@@ -23,6 +23,7 @@ from m2s_perception.levelling import level
 from m2s_perception.models import ModelConfig
 from m2s_perception.models.ensemble import first_members
 from m2s_perception.models.polar_fused import fuse_polar, labels_and_confidence
+from m2s_perception.remission import scale_remission
 from m2s_perception.texture import with_texture
 
 # The largest scan a TensorRT engine is built for (m2s-segment's max_points default).
@@ -164,7 +165,10 @@ class Segmenter:
 
     def prepare(self, points: np.ndarray, ring: np.ndarray | None = None) -> np.ndarray:
         """Checked (N, 4) ``points`` as the network gets them: with the surface texture where it eats
-        one (from the points in the sensor's order, before anything moves them), then levelled."""
+        one (from the points in the sensor's order, before anything moves them), remission on the
+        model's scale where it has one, then levelled."""
+        if self.config.remission_reference is not None:
+            points = scale_remission(points, self.config.remission_reference)
         if self.config.uses_texture:
             points = with_texture(points, self.config.texture_step, ring, self.config.texture_floor)
         return level(points) if self.level_ground else points

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from m2s_perception.checkpoint import CheckpointError, load_model, read_checkpoint
 from m2s_perception.labels import load_label_map
 from m2s_perception.models import ModelConfig
+from m2s_perception.remission import scale_remission
 from m2s_perception.texture import with_texture
 from m2s_training.averaging import recalibrate_batch_norm
 from m2s_training.checkpoint import save_checkpoint
@@ -63,6 +64,8 @@ def scan_batches(
             points = sequence.points(index)
             if config.uses_texture:
                 points = with_texture(points, config.texture_step, None, config.texture_floor)
+            if config.remission_reference is not None:
+                points = scale_remission(points, config.remission_reference)
             clouds.append(points)
         batch_index = np.repeat(np.arange(len(clouds)), [len(c) for c in clouds])
         yield torch.from_numpy(np.concatenate(clouds)), torch.from_numpy(batch_index), len(clouds)

@@ -40,6 +40,7 @@ def build_datasets(
         data.max_train_points,
         config.model.texture_step,
         config.model.texture_floor,
+        config.model.remission_reference,
     )
     val_fuser = fuser if mode == "teacher" else None  # a teacher is judged on the input it will get
     val_sequences = existing_split(root, data.val_split, label_map)
@@ -52,6 +53,7 @@ def build_datasets(
         data.max_val_scans,
         texture_step=config.model.texture_step,
         texture_floor=config.model.texture_floor,
+        remission_reference=config.model.remission_reference,
     )
     return train, val
 

@@ -45,6 +45,10 @@ class ModelConfig:
     # The step below which a surface reads as smooth (0): pavement, whose texture differs a little
     # between simulation and a real sensor, all reads alike; texture_step - texture_floor is the ramp.
     texture_floor: float = 0.0
+    # Remission on one scale per scan (m2s_perception/remission.py): every scan's remission multiplied so
+    # that the median of its lit returns is this value (e.g. 0.28), in training after the augmentations
+    # and at inference. None: remission as the sensor gives it.
+    remission_reference: float | None = None
     # An ensemble (inference only, assembled by m2s-ensemble from trained checkpoints): this many
     # networks of this config, class probabilities averaged (m2s_perception/models/ensemble.py).
     members: int = 1
@@ -70,6 +74,10 @@ class ModelConfig:
             raise ValueError(
                 f"texture_step must be null or a relative range step above texture_floor >= 0, got "
                 f"texture_step {self.texture_step}, texture_floor {self.texture_floor}"
+            )
+        if self.remission_reference is not None and not self.remission_reference > 0:
+            raise ValueError(
+                f"remission_reference must be null or a positive remission, got {self.remission_reference}"
             )
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from m2s_perception.labels import LabelMap, load_label_map
+from m2s_perception.remission import scale_remission
 from m2s_perception.texture import with_texture
 from m2s_training.data.semantic_kitti import KittiFormatError, Sequence
 
@@ -261,10 +262,12 @@ class SemanticKittiDataset(Dataset):
         max_points: int | None = None,
         texture_step: float | None = None,
         texture_floor: float = 0.0,
+        remission_reference: float | None = None,
     ):
         """``texture_step``, ``texture_floor`` (``ModelConfig``'s): points get a fifth column, their surface texture
         (m2s_perception/texture.py), computed from each scan as read (sensor order), before anything drops
-        or moves points."""
+        or moves points. ``remission_reference`` (``ModelConfig``'s): each sample's remission scaled, after
+        the augmentations, so that its lit returns' median is this value (m2s_perception/remission.py)."""
         if not sequences:
             raise KittiFormatError(f"{root}: no sequences given for the dataset")
         if texture_step is not None and fuser is not None:
@@ -283,6 +286,7 @@ class SemanticKittiDataset(Dataset):
         self.fuser = fuser
         self.max_points = max_points
         self.texture_step, self.texture_floor = texture_step, texture_floor
+        self.remission_reference = remission_reference
         self.seed = seed
         self.epoch = 0
 
@@ -329,6 +333,8 @@ class SemanticKittiDataset(Dataset):
             is_fused = np.concatenate([is_fused, np.ones(len(fused.points), dtype=bool)])
         if self.augment_config is not None:
             points = augment(points, self.augment_config, rng)
+        if self.remission_reference is not None:
+            points = scale_remission(points, self.remission_reference)  # as the model will see any scan
         return Sample(points.astype(np.float32), labels, instance, is_fused, (seq.name, seq.frame_id(index)))
 
     def read_points(self, seq: Sequence, index: int) -> np.ndarray:
