@@ -164,13 +164,8 @@ class Segmenter:
         return Prediction(labels.to(torch.uint8).cpu().numpy(), confidence.cpu().numpy().astype(np.float32))
 
     def prepare(self, points: np.ndarray, ring: np.ndarray | None = None) -> np.ndarray:
-        """Checked (N, 4) ``points`` as the network gets them: with the surface texture where it eats
-        one (from the points in the sensor's order, before anything moves them), remission on the
-        model's scale where it has one, then levelled."""
-        if self.config.remission_reference is not None:
-            points = scale_remission(points, self.config.remission_reference)
-        if self.config.uses_texture:
-            points = with_texture(points, self.config.texture_step, ring, self.config.texture_floor)
+        """Checked (N, 4) ``points`` as the network gets them: ``network_input``, then levelled."""
+        points = network_input(points, self.config, ring)
         return level(points) if self.level_ground else points
 
     def warmup(self, num_points: int = 20000, seed: int = 0) -> None:
@@ -183,6 +178,17 @@ class Segmenter:
         self.predict(cloud.astype(np.float32))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def network_input(points: np.ndarray, config: ModelConfig, ring: np.ndarray | None = None) -> np.ndarray:
+    """(N, 4) ``points`` in the sensor's order with what ``config``'s model eats besides them: the
+    surface texture where it eats one (from the points in the sensor's order, before anything moves
+    them) and remission on its scale where it has one. Levelling is the Segmenter's choice, not here."""
+    if config.remission_reference is not None:
+        points = scale_remission(points, config.remission_reference)
+    if config.uses_texture:
+        points = with_texture(points, config.texture_step, ring, config.texture_floor)
+    return points
 
 
 def _checked_cloud(points: np.ndarray) -> np.ndarray:

@@ -15,9 +15,10 @@ file falls from 0.402 to 0.289 present-class mIoU (its real scores lean on the m
 shipped weights are not recalibrated. Use it for a model that will label data like its training
 data, and keep it only if ``m2s-eval`` on held-out scans says so.
 
-Scans are read as training reads them (with the surface texture where the model eats one), not
-levelled, not augmented, in the order of the split. Labels are not needed. An ensemble's members are
-recalibrated together. ``--out`` must not exist: the source checkpoint is never overwritten.
+Scans are read as the Segmenter gives them to the network (``network_input``: the surface texture and
+the remission scale where the model has them), not levelled, not augmented, in the order of the split.
+Labels are not needed. An ensemble's members are recalibrated together. ``--out`` must not exist: the
+source checkpoint is never overwritten.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ import torch
 from tqdm import tqdm
 
 from m2s_perception.checkpoint import CheckpointError, load_model, read_checkpoint
+from m2s_perception.inference import network_input
 from m2s_perception.labels import load_label_map
 from m2s_perception.models import ModelConfig
-from m2s_perception.remission import scale_remission
-from m2s_perception.texture import with_texture
 from m2s_training.averaging import recalibrate_batch_norm
 from m2s_training.checkpoint import save_checkpoint
 from m2s_training.data.semantic_kitti import KittiFormatError, Sequence, existing_split
@@ -61,12 +61,7 @@ def scan_batches(
     for start in range(0, len(scans), batch_size):
         clouds = []
         for sequence, index in scans[start : start + batch_size]:
-            points = sequence.points(index)
-            if config.uses_texture:
-                points = with_texture(points, config.texture_step, None, config.texture_floor)
-            if config.remission_reference is not None:
-                points = scale_remission(points, config.remission_reference)
-            clouds.append(points)
+            clouds.append(network_input(sequence.points(index), config))
         batch_index = np.repeat(np.arange(len(clouds)), [len(c) for c in clouds])
         yield torch.from_numpy(np.concatenate(clouds)), torch.from_numpy(batch_index), len(clouds)
 

@@ -10,23 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_trainer import tiny_config
 
 from m2s_perception.checkpoint import load_model, read_checkpoint
-from m2s_perception.models import ModelConfig, build_model
+from m2s_perception.models import build_model
 from m2s_perception.models.ensemble import Ensemble
 from m2s_training.checkpoint import save_checkpoint
 from m2s_training.data.semantic_kitti import write_scan
 from m2s_training.recalibrate import recalibrate
 
-CONFIG = ModelConfig(
-    backbone="polar",
-    width=0.25,
-    grid_size=(24, 24, 8),
-    rho_range=(2.0, 50.0),
-    point_channels=(16, 32),
-    base_channels=16,
-    levels=2,
-)
+CONFIG = tiny_config().model  # the trainer tests' few-second polar model
 INPUT_NORM = "point_encoder.mlp.0"  # normalises x, y, z, rho, phi, remission, cell offsets (models/grid.py)
 
 
