@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 Span = tuple[float, float]
 
 
+# Paving under a front plot's hedge or fence (Preset.paved_to_boundary), from the sidewalk's edge, m: hedges
+# stand 0.5 m in (0.6-1.5 m thick), fences 0.3 m.
+PAVED_UNDER_BOUNDARY = 0.8
+
+
 def _subtract(span: Span, holes: list[Span]) -> list[Span]:
     """``span`` minus the ``holes`` (sorted, disjoint), as a list of pieces."""
     kept, start = [], span[0]
@@ -210,17 +215,25 @@ class _KittiStreet:
             # through such gaps, where a wall of facades would hide them.
             open_depth = rng.uniform(15.0, 35.0) if yard > 0 and rng.random() < self.preset.open_plots else 0.0
             slope = rng.uniform(-0.02, 0.04)
-            self.yard_ground(side, y, kerb, lawn, span, yard, open_depth, slope)
+            # drawn only when asked for, so that worlds without it keep their random stream (and bytes)
+            share = self.preset.paved_to_boundary
+            paved = yard > 0 and share > 0 and rng.random() < share
+            if paved:  # the sidewalk's paving runs on under the boundary's front; the lawn starts behind it
+                for x0, x1 in _subtract(span, self.holes(side, y, y + PAVED_UNDER_BOUNDARY)):
+                    self.strip("sidewalk", (x0, x1), (side * y, side * (y + PAVED_UNDER_BOUNDARY)), kerb)
+            lawn_from = y + PAVED_UNDER_BOUNDARY if paved else y
+            self.yard_ground(side, lawn_from, kerb, lawn, span, yard, open_depth, slope)
             boundary = rng.choice(["hedge", "fence", "none"], p=[0.45, 0.3, 0.25]) if yard > 0 else "none"
+            stand = kerb if paved else base  # what the hedge or fence stands on
             for x0, x1 in _subtract(span, self.holes(side, y, y + 2.0)):
                 if boundary == "hedge":
-                    w.static.append(hedge((x0, x1), side * (y + 0.5), base, rng, self.preset.hedge_height))
+                    w.static.append(hedge((x0, x1), side * (y + 0.5), stand, rng, self.preset.hedge_height))
                 elif boundary == "fence":
                     if self.preset.porous_fences:
-                        w.static.append(fence((x0, x1), side * (y + 0.3), base, rng))
+                        w.static.append(fence((x0, x1), side * (y + 0.3), stand, rng))
                     else:  # a closed panel, one box (the round-2 world of the shipped weights)
                         height = rng.uniform(0.8, 2.0)
-                        centre = ((x0 + x1) / 2, side * (y + 0.3), base + height / 2)
+                        centre = ((x0 + x1) / 2, side * (y + 0.3), stand + height / 2)
                         panel = Part("box", (x1 - x0, 0.06, height), centre, "fence")
                         w.static.append(LabelledMesh.from_parts([panel], 0))
             if yard > 1.5:
