@@ -5,12 +5,14 @@ terrain (docs/benchmarks.md "Sim-to-real", item 34). On the shared real scans th
 the plants; in the ``kitti`` world every hedge and fence stood 0.3–0.5 m into a lawn. Per data root
 (the first read whole, the others every ``--every``-th scan), each scan levelled on its own ground:
 
-- a *foot* return: a vegetation or fence return less than ``--foot`` m above the lowest ground return
-  of its 1 m cell (the plant or fence where it meets the ground);
+- a *foot* return: a vegetation or fence return (``--standing``: other classes, e.g. building) less than
+  ``--foot`` m above the lowest ground return of its 1 m cell (where it meets the ground);
 - the ground returns (road, sidewalk, parking, other-ground, terrain) ``--near``–``--far`` m from the
   sensor and within ``--reach`` m (horizontally) of a foot return: the share of each class among them.
 
     .venv/bin/python -m bench.ground_by_plants /work/shared/real/semantickitti runs/synth_patchy --every 16
+    .venv/bin/python -m bench.ground_by_plants /work/shared/real/semantickitti runs/synth_paved \\
+        --standing building --far 40
 """
 
 from __future__ import annotations
@@ -74,12 +76,19 @@ def near_feet(points: np.ndarray, feet: np.ndarray, candidates: np.ndarray, reac
 
 
 def ground_at_feet(
-    points: np.ndarray, train: np.ndarray, labels: LabelMap, near: float, far: float, foot: float, reach: float
+    points: np.ndarray,
+    train: np.ndarray,
+    labels: LabelMap,
+    near: float,
+    far: float,
+    foot: float,
+    reach: float,
+    standing_classes: tuple[str, ...] = STANDING,
 ) -> np.ndarray:
-    """Counts per ``GROUND`` class of one levelled scan's ground returns at the feet of plants and fences."""
-    ids = {name: labels.class_id(name) for name in GROUND + STANDING}
+    """Counts per ``GROUND`` class of one levelled scan's ground returns at the feet of ``standing_classes``."""
+    ids = {name: labels.class_id(name) for name in GROUND + standing_classes}
     ground = np.isin(train, [ids[n] for n in GROUND])
-    standing = np.isin(train, [ids[n] for n in STANDING])
+    standing = np.isin(train, [ids[n] for n in standing_classes])
     distance = np.hypot(points[:, 0], points[:, 1])
     candidates = ground & (distance >= near) & (distance < far)
     close = near_feet(points, foot_mask(points, ground, standing, foot), candidates, reach)
@@ -94,15 +103,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--far", type=float, default=20.0)
     parser.add_argument("--foot", type=float, default=0.5, help="m above the cell's lowest ground (default 0.5)")
     parser.add_argument("--reach", type=float, default=0.5, help="m from a foot return (default 0.5)")
+    parser.add_argument("--standing", default=",".join(STANDING), help="classes whose feet count (default %(default)s)")
     args = parser.parse_args(argv)
+    standing = tuple(args.standing.split(","))
     labels = load_label_map()
     band = f"{args.near:.0f}–{args.far:.0f} m"
-    print(f"ground returns {band} within {args.reach} m of a vegetation or fence foot: class shares")
+    print(f"ground returns {band} within {args.reach} m of a foot of {' or '.join(standing)}: class shares")
     for position, root in enumerate(args.roots):
         counts, scans = np.zeros(len(GROUND), np.int64), 0
         for points, semantic in labelled_scans(root, 1 if position == 0 else args.every):
             train = labels.to_train(semantic)
-            counts += ground_at_feet(level(points), train, labels, args.near, args.far, args.foot, args.reach)
+            counts += ground_at_feet(level(points), train, labels, args.near, args.far, args.foot, args.reach, standing)
             scans += 1
         shares = " ".join(f"{n} {c / max(1, counts.sum()):.2f}" for n, c in zip(GROUND, counts, strict=True))
         print(f"{root} ({scans} scans, {counts.sum() / max(1, scans):.0f} returns per scan): {shares}")

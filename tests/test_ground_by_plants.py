@@ -66,3 +66,19 @@ def test_a_scan_without_plants_or_ground_counts_nothing():
     assert ground_at_feet(points, train, LABELS, 3.0, 20.0, 0.5, 0.5).tolist() == [0] * 5
     points, train = _scan([(5.0, 0.0, -1.5, "vegetation"), (6.0, 0.0, 0.0, "building")])
     assert ground_at_feet(points, train, LABELS, 3.0, 20.0, 0.5, 0.5).tolist() == [0] * 5
+
+
+def test_other_standing_classes_such_as_buildings_have_feet_too():
+    # a wall's foot at (20, 0), 0.1 m above the sidewalk of its cell; a hedge's foot beside it does not count
+    points, train = _scan(
+        [
+            (20.0, 0.0, -1.63, "building"),
+            (20.3, 0.2, FLOOR, "sidewalk"),  # 0.36 m from the wall's foot
+            (20.4, 0.0, FLOOR, "terrain"),  # 0.40 m from it
+            (22.0, 3.0, -1.5, "vegetation"),
+            (22.2, 3.0, FLOOR, "terrain"),  # 0.2 m from the hedge: only with the default classes
+        ]
+    )
+    buildings = ground_at_feet(points, train, LABELS, 3.0, 40.0, 0.5, 0.5, ("building",))
+    assert buildings.tolist() == [0, 1, 0, 0, 1]
+    assert ground_at_feet(points, train, LABELS, 3.0, 40.0, 0.5, 0.5).tolist() == [0, 0, 0, 0, 1]

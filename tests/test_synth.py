@@ -784,16 +784,17 @@ def test_laser_floors_zero_whole_rings_of_dark_road_and_gains_scale_each_laser_o
             SensorConfig(**{name: -0.1})
 
 
-def _ground_at_plant_feet(preset, seeds=range(4)) -> np.ndarray:
+def _ground_at_plant_feet(preset, seeds=range(4), standing=("vegetation", "fence"), far=20.0) -> np.ndarray:
     """bench/ground_by_plants.py's statistic over one levelled scan per seed: the shares of road,
-    sidewalk, parking, other-ground and terrain among the ground returns at plants' and fences' feet."""
+    sidewalk, parking, other-ground and terrain among the ground returns at the feet of ``standing``."""
     from bench.ground_by_plants import ground_at_feet
     from m2s_perception.levelling import level
 
     counts = np.zeros(5, np.int64)
     for seed in seeds:
         scan = SequenceSimulator(preset, scans=1, seed=seed, sequence="00").scan(0)
-        counts += ground_at_feet(level(scan.points), LABELS.to_train(scan.semantic), LABELS, 3.0, 20.0, 0.5, 0.5)
+        train = LABELS.to_train(scan.semantic)
+        counts += ground_at_feet(level(scan.points), train, LABELS, 3.0, far, 0.5, 0.5, standing)
     assert counts.sum() > 500
     return counts / counts.sum()
 
@@ -811,3 +812,16 @@ def test_paved_to_boundary_puts_sidewalk_at_the_feet_of_front_yard_hedges_and_fe
     # these four streets' plants are almost all front-yard boundaries: nearly no grass left at their feet
     _, sidewalk, _, _, terrain = _ground_at_plant_feet(replace(kitti, paved_to_boundary=1.0))
     assert sidewalk > 0.85 and terrain < 0.1
+
+
+def test_building_apron_puts_paving_at_the_feet_of_houses_that_stand_in_lawns():
+    """Houses behind front yards stood in their lawn: the grass ran up to their walls (and the far grass
+    that shows between houses lay against them). With ``building_apron`` 1 each stands on a paved path
+    0.5-1.5 m wide, as the real scans' building feet stand on sidewalk (item 35); houses on paved plots
+    are left as they are."""
+    from dataclasses import replace
+
+    paved = replace(get_preset("kitti"), paved_to_boundary=1.0)
+    _, sidewalk, _, _, terrain = _ground_at_plant_feet(paved, range(6), ("building",), 40.0)
+    with_apron = _ground_at_plant_feet(replace(paved, building_apron=1.0), range(6), ("building",), 40.0)
+    assert with_apron[4] < terrain / 2 and with_apron[1] > sidewalk

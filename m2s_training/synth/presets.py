@@ -41,6 +41,11 @@ class Preset:
     # the lawn; on the real scans the ground at plants' and fences' feet is sidewalk and parking, never
     # grass (bench/ground_by_plants.py, docs/benchmarks.md "Sim-to-real", item 34)
     paved_to_boundary: float = 0.0
+    # kitti world: share of the buildings standing in a lawn that stand on a paved apron (sidewalk) reaching
+    # 0.5-1.5 m out from their walls, instead of the grass running up to them; on the real scans the ground at
+    # buildings' feet is sidewalk, and far grass lies among plants, not against walls (docs/benchmarks.md
+    # "Sim-to-real", item 35)
+    building_apron: float = 0.0
 
     def __post_init__(self) -> None:
         ranges = {"kerb_height": self.kerb_height, "hedge_height": self.hedge_height}
@@ -49,6 +54,8 @@ class Preset:
                 raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got {[low, high]}")
         if not 0.0 <= self.paved_to_boundary <= 1.0:
             raise ValueError(f"paved_to_boundary is a share of the front plots, 0-1, got {self.paved_to_boundary}")
+        if not 0.0 <= self.building_apron <= 1.0:
+            raise ValueError(f"building_apron is a share of the buildings, 0-1, got {self.building_apron}")
         if self.lawn_drop is not None and not -1.0 <= self.lawn_drop[0] <= self.lawn_drop[1] <= 1.0:
             raise ValueError(f"lawn_drop must be [low, high] with -1 <= low <= high <= 1 m, got {list(self.lawn_drop)}")
 

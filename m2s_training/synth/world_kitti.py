@@ -38,6 +38,9 @@ Span = tuple[float, float]
 # Paving under a front plot's hedge or fence (Preset.paved_to_boundary), from the sidewalk's edge, m: hedges
 # stand 0.5 m in (0.6-1.5 m thick), fences 0.3 m.
 PAVED_UNDER_BOUNDARY = 0.8
+# A house's paved apron (Preset.building_apron) lies this far above its lawn's mean level, m: the lawn's bumps
+# (heightfield, 0.08 m) reach about 0.12 m.
+APRON_RISE = 0.12
 
 
 def _subtract(span: Span, holes: list[Span]) -> list[Span]:
@@ -251,9 +254,11 @@ class _KittiStreet:
                             row_span = (start, min(x1, start + rng.uniform(5.0, 25.0)))
                             w.static.append(hedge(row_span, side * (y + offset + 3.0), ground, rng, (1.2, 3.0)))
                 if rng.random() < 0.5:
-                    self.buildings(side, y + yard + open_depth, span)
+                    front = y + yard + open_depth
+                    self.buildings(side, front, span, (lawn + slope * (front - lawn_from), slope) if yard > 0 else None)
             else:
-                self.buildings(side, y + yard + rng.uniform(0.0, 3.0), span)
+                front = y + yard + rng.uniform(0.0, 3.0)
+                self.buildings(side, front, span, (lawn + slope * (front - lawn_from), slope) if yard > 0 else None)
 
     def yard_ground(
         self, side: float, y: float, kerb: float, lawn: float, span: Span, yard: float, depth: float, slope: float
@@ -273,7 +278,10 @@ class _KittiStreet:
                     paving = "other-ground" if rng.random() < 0.3 else "sidewalk"
                     w.ground(paving, (x0, x1), (side * near, side * out), kerb)
 
-    def buildings(self, side: float, front: float, span: Span) -> None:
+    def buildings(self, side: float, front: float, span: Span, lawn: tuple[float, float] | None = None) -> None:
+        """Houses along x from ``front`` m out. ``lawn``: the grass they stand in, (its height at ``front``,
+        its rise per metre farther out), or None on paving; ``Preset.building_apron`` of those in grass get
+        a paved apron."""
         w, rng = self.w, self.rng
         for x0, x1 in _subtract(span, self.holes(side, front, front + 20.0)):
             cursor = x0 + rng.uniform(0.0, 4.0)
@@ -295,7 +303,23 @@ class _KittiStreet:
                         )
                     )
                 w.static.append(LabelledMesh.from_parts(parts, 0, rng.uniform(0.7, 1.3)))
+                share = self.preset.building_apron  # drawn only when asked for: other worlds keep their bytes
+                if lawn is not None and share > 0 and rng.random() < share:
+                    ground, rise = lawn
+                    self.apron(side, (cursor, cursor + width), front + setback, depth, (ground + rise * setback, rise))
                 cursor += width + rng.choice([0.0, rng.uniform(2.0, 10.0), rng.uniform(10.0, 25.0)], p=[0.4, 0.4, 0.2])
+
+    def apron(self, side: float, x: Span, front: float, depth: float, lawn: tuple[float, float]) -> None:
+        """A paved path 0.5-1.5 m wide around a house's footprint (``x`` by ``front``-``front + depth`` m out),
+        in 2 m bands that follow the lawn's rise, ``APRON_RISE`` above its mean level (its bumps stay under)."""
+        out = self.rng.uniform(0.5, 1.5)
+        ground, rise = lawn
+        near, far = front - out, front + depth + out
+        edges = np.linspace(near, far, int(np.ceil((far - near) / 2.0)) + 1)
+        for band_near, band_far in itertools.pairwise(edges.tolist()):
+            top = ground + rise * ((band_near + band_far) / 2 - front) + APRON_RISE
+            for x0, x1 in _subtract((x[0] - out, x[1] + out), self.holes(side, band_near, band_far)):
+                self.strip("sidewalk", (x0, x1), (side * band_near, side * band_far), top)
 
     def traffic(self, half: dict[float, float], x_range: Span, window: Span) -> None:
         """Oncoming vehicles, vehicles ahead in the ego lane (faster, never caught up), walkers, cyclists."""
