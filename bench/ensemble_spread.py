@@ -114,7 +114,10 @@ def main() -> None:
         raise SystemExit("--check compares with m2s-eval, which has no views: use it with --views 1")
     for check in args.check:
         path, evaluated = check.split("=", 1)
-        expected = json.loads((Path(evaluated) / "metrics.json").read_text())["present_miou"]
+        metrics = Path(evaluated) / "metrics.json"
+        if not metrics.is_file():
+            raise SystemExit(f"--check {check}: no {metrics}; run m2s-eval --checkpoint {path} --out {evaluated} first")
+        expected = json.loads(metrics.read_text())["present_miou"]
         got = score([outputs_of(s) for s in networks_of(Path(path), args.level_ground)], targets, n)
         print(f"check {path}: {got:.6f}, m2s-eval on this machine: {expected:.6f}")
         if abs(got - expected) > 1e-6:
