@@ -15,6 +15,9 @@ re-scores a checkpoint this way and stops unless it matches the ``metrics.json``
 --out EVAL_OUT`` wrote for it (on the same machine: figures differ slightly across CPUs).
 Scans are levelled on their ground plane first, as ``m2s-eval`` and the node do (``--no-level-ground``:
 as they are, as every figure before round 13 of docs/benchmarks.md "Sim-to-real" was measured).
+``--cross A B`` also scores every ensemble of ``--size`` / 2 networks of pool A and as many of pool B
+(networks trained alike on two synthetic worlds: docs/benchmarks.md "Sim-to-real", item 36), and
+``--classes terrain,...`` prints each set's median IoU of those classes as well.
 ``--views 2|4`` scores test-time augmentation instead: each network's probability is first averaged
 over views of the scan (:data:`VIEWS`; 2: identity and the mirrored, half-bin-rotated view) — round 11
 of docs/benchmarks.md "Sim-to-real"; the node has no such option.
@@ -75,13 +78,43 @@ def ensemble_labels(members: list[torch.Tensor]) -> torch.Tensor:
     return labels_from_logits(mean_of_log_probabilities(members))[0]
 
 
-def score(members: list[list[torch.Tensor]], targets: list[torch.Tensor], num_classes: int) -> float:
-    """Present-class mIoU of the ensemble whose per-scan log-probabilities are ``members[i][scan]``."""
+def metrics_of(members: list[list[torch.Tensor]], targets: list[torch.Tensor], num_classes: int) -> SegmentationMetrics:
+    """The metrics of the ensemble whose per-scan log-probabilities are ``members[i][scan]``, as m2s-eval's."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for scan, target in enumerate(targets):
         labels = ensemble_labels([member[scan] for member in members])
         confusion += confusion_matrix(labels, target, num_classes)
-    return SegmentationMetrics.from_confusion(confusion).present_miou  # as m2s-eval
+    return SegmentationMetrics.from_confusion(confusion)
+
+
+def score(members: list[list[torch.Tensor]], targets: list[torch.Tensor], num_classes: int) -> float:
+    """Present-class mIoU of the ensemble whose per-scan log-probabilities are ``members[i][scan]``."""
+    return metrics_of(members, targets, num_classes).present_miou
+
+
+def cross_combinations(first: int, second: int, size: int) -> list[tuple[int, ...]]:
+    """Every choice of ``size`` / 2 of ``first`` networks (indices 0..first-1) and as many of ``second``
+    (indices first..first+second-1)."""
+    if size % 2:
+        raise ValueError(f"--cross takes half of each pool: --size must be even, got {size}")
+    half = size // 2
+    return [
+        a + b
+        for a in itertools.combinations(range(first), half)
+        for b in itertools.combinations(range(first, first + second), half)
+    ]
+
+
+def summary(name: str, metrics: list[SegmentationMetrics], size: int, classes: dict[str, int]) -> str:
+    """One line: the median, 10–90 % and range of the ensembles' present-class mIoU (and classes' median IoU)."""
+    values = np.array([m.present_miou for m in metrics])
+    line = (
+        f"{len(values)} ensembles of {size}: median {np.median(values):.4f}, "
+        f"10–90 % {np.percentile(values, 10):.4f}–{np.percentile(values, 90):.4f}, "
+        f"min–max {values.min():.4f}–{values.max():.4f}"
+    )
+    per_class = ", ".join(f"{c} {np.median([m.iou[i] for m in metrics]):.4f}" for c, i in classes.items())
+    return f"{name}: {line}" + (f"; median IoU {per_class}" if per_class else "")
 
 
 def main() -> None:
@@ -92,6 +125,8 @@ def main() -> None:
     parser.add_argument(
         "--check", action="append", default=[], metavar="CKPT=EVAL_OUT", help="m2s-eval's --out for CKPT"
     )
+    parser.add_argument("--cross", nargs=2, metavar=("POOL_A", "POOL_B"), help="also ensembles of half of each")
+    parser.add_argument("--classes", default="", help="comma-separated classes whose median IoU to print too")
     parser.add_argument("--plot", type=Path, help="write a strip plot of every ensemble's score")
     parser.add_argument("--views", type=int, choices=sorted(VIEWS), default=1, help="test-time views per network")
     parser.add_argument(
@@ -123,21 +158,30 @@ def main() -> None:
         if abs(got - expected) > 1e-6:
             raise SystemExit("the re-scored ensemble differs from m2s-eval's: these figures would not be comparable")
 
+    classes = {c: label_map.class_id(c) for c in args.classes.split(",") if c}
+    names = [name for name, *_ in args.pool]
+    if args.cross and not set(args.cross) <= set(names):
+        raise SystemExit(f"--cross {' '.join(args.cross)}: not among the pools {', '.join(names)}")
     results: dict[str, list[float]] = {}
+    pools: dict[str, list[list[torch.Tensor]]] = {}
     for name, *paths in args.pool:
         networks = [outputs_of(s) for p in tqdm(paths, desc=name) for s in networks_of(Path(p), args.level_ground)]
         if len(networks) < args.size:
             raise SystemExit(f"pool {name}: {len(networks)} networks, fewer than --size {args.size}")
+        pools[name] = networks
         singles = [score([net], targets, n) for net in networks]
         combos = list(itertools.combinations(range(len(networks)), args.size))
-        results[name] = [score([networks[i] for i in combo], targets, n) for combo in tqdm(combos, desc="ensembles")]
-        values = np.array(results[name])
-        print(
-            f"{name}: {len(networks)} networks, alone {np.mean(singles):.4f} ± {np.std(singles, ddof=1):.4f} "
-            f"({min(singles):.4f}–{max(singles):.4f}); {len(combos)} ensembles of {args.size}: median "
-            f"{np.median(values):.4f}, 10–90 % {np.percentile(values, 10):.4f}–{np.percentile(values, 90):.4f}, "
-            f"min–max {values.min():.4f}–{values.max():.4f}"
-        )
+        metrics = [metrics_of([networks[i] for i in combo], targets, n) for combo in tqdm(combos, desc="ensembles")]
+        results[name] = [m.present_miou for m in metrics]
+        alone = f"{np.mean(singles):.4f} ± {np.std(singles, ddof=1):.4f} ({min(singles):.4f}–{max(singles):.4f})"
+        print(f"{name}: {len(networks)} networks, alone {alone}; " + summary(name, metrics, args.size, classes))
+    if args.cross:
+        first, second = pools[args.cross[0]], pools[args.cross[1]]
+        networks, combos = first + second, cross_combinations(len(first), len(second), args.size)
+        metrics = [metrics_of([networks[i] for i in combo], targets, n) for combo in tqdm(combos, desc="cross")]
+        name = "+".join(args.cross)
+        results[name] = [m.present_miou for m in metrics]
+        print(summary(name, metrics, args.size, classes))
     if args.plot:
         plot(results, args.size, args.plot)
 

@@ -111,6 +111,30 @@ def test_m2s_ensemble_refuses_what_it_cannot_average(tmp_path):
     assert result.returncode == 1 and "m2s-ensemble:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_networks_of_an_ensemble_join_a_new_one_with_their_record(tmp_path):
+    """ENSEMBLE.pt#i takes network i of an ensemble: a third network and network 1 of a two-network
+    ensemble give an ensemble whose second network has the weights of the old one's member1.pt."""
+    models, paths, old = members_and_ensemble(tmp_path)
+    third = tmp_path / "third.pt"
+    save_checkpoint(third, trained_like(CONFIG, seed=30), CONFIG, step=7, val_miou=0.25)
+    mixed = tmp_path / "mixed.pt"
+    assemble([third, f"{old}#1"], mixed)
+    ensemble, config, meta = load_model(mixed, "cpu")
+    assert config.members == 2
+    for name, value in models[1].state_dict().items():
+        torch.testing.assert_close(ensemble.members[1].state_dict()[name], value)
+    taken = meta["members"][1]
+    assert (taken["file"], taken["step"], taken["taken_from"]) == (str(paths[1]), 101, f"{old}#1")
+    assert meta["members"][0]["file"] == str(third) and meta["members"][0]["step"] == 7
+    with pytest.raises(ValueError, match=r"holds 2 networks \(#0 to #1\), not #2"):
+        assemble([third, f"{old}#2"], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="holds one network, not an ensemble"):
+        assemble([f"{third}#0", f"{old}#0"], tmp_path / "y.pt")
+    with pytest.raises(ValueError, match=r"give its members instead \(.*#0"):
+        assemble([third, old], tmp_path / "z.pt")
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
 def test_ensembles_are_assembled_not_trained_and_checkpoints_bound_their_size(tmp_path):
     config = TrainConfig()
     with pytest.raises(ValueError, match="m2s-ensemble"):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from bench.ensemble_spread import VIEWS, ensemble_labels, score, viewed
+from bench.ensemble_spread import VIEWS, cross_combinations, ensemble_labels, metrics_of, score, viewed
 
 
 def _log(rows: list[list[float]]) -> torch.Tensor:
@@ -28,6 +28,26 @@ def test_score_accumulates_every_scan():
     targets = [torch.tensor([1]), torch.tensor([1])]  # both points are class 1
     # class 1: one hit, one miss -> IoU 1/2; class 2 absent from the truth -> not in the mean
     assert math.isclose(score([member], targets, 4), 0.5)
+
+
+def test_cross_ensembles_take_half_of_each_pool():
+    # pool A: networks 0, 1, 2; pool B: 3, 4. Two of A (3 ways) with both of B (1 way)
+    assert cross_combinations(3, 2, 4) == [(0, 1, 3, 4), (0, 2, 3, 4), (1, 2, 3, 4)]
+    # one of each: 3 x 2
+    assert cross_combinations(3, 2, 2) == [(0, 3), (0, 4), (1, 3), (1, 4), (2, 3), (2, 4)]
+    import pytest
+
+    with pytest.raises(ValueError, match="must be even"):
+        cross_combinations(3, 2, 3)
+
+
+def test_metrics_give_each_class_its_iou():
+    one = _log([[0.1, 0.6, 0.2, 0.1], [0.1, 0.2, 0.6, 0.1]])  # labels 1, 2
+    targets = [torch.tensor([1, 1])]
+    metrics = metrics_of([[one]], targets, 4)
+    # class 1: 1 hit, 1 miss -> 1/2; class 2: 0 hits, 1 false -> 0 (absent from the truth: not in the mean)
+    assert math.isclose(metrics.iou[1], 0.5, rel_tol=1e-6) and metrics.iou[2] < 1e-6
+    assert math.isclose(metrics.present_miou, 0.5, rel_tol=1e-6)
 
 
 def test_views_mirror_then_rotate_and_keep_remission():
