@@ -166,11 +166,16 @@ def main() -> None:
     pools: dict[str, list[list[torch.Tensor]]] = {}
     for name, *paths in args.pool:
         networks = [outputs_of(s) for p in tqdm(paths, desc=name) for s in networks_of(Path(p), args.level_ground)]
-        if len(networks) < args.size:
-            raise SystemExit(f"pool {name}: {len(networks)} networks, fewer than --size {args.size}")
+        # a pool of --cross gives half of each ensemble, so half as many networks are enough for it
+        needed = args.size // 2 if args.cross and name in args.cross else args.size
+        if len(networks) < needed:
+            raise SystemExit(f"pool {name}: {len(networks)} networks, fewer than the {needed} an ensemble takes")
         pools[name] = networks
         singles = [score([net], targets, n) for net in networks]
         combos = list(itertools.combinations(range(len(networks)), args.size))
+        if not combos:  # a --cross pool with fewer than --size networks: only its networks alone
+            print(f"{name}: {len(networks)} networks, alone " + " ".join(f"{v:.4f}" for v in singles))
+            continue
         metrics = [metrics_of([networks[i] for i in combo], targets, n) for combo in tqdm(combos, desc="ensembles")]
         results[name] = [m.present_miou for m in metrics]
         alone = f"{np.mean(singles):.4f} ± {np.std(singles, ddof=1):.4f} ({min(singles):.4f}–{max(singles):.4f})"

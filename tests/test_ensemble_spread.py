@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from bench.ensemble_spread import VIEWS, cross_combinations, ensemble_labels, metrics_of, score, viewed
@@ -35,8 +36,6 @@ def test_cross_ensembles_take_half_of_each_pool():
     assert cross_combinations(3, 2, 4) == [(0, 1, 3, 4), (0, 2, 3, 4), (1, 2, 3, 4)]
     # one of each: 3 x 2
     assert cross_combinations(3, 2, 2) == [(0, 3), (0, 4), (1, 3), (1, 4), (2, 3), (2, 4)]
-    import pytest
-
     with pytest.raises(ValueError, match="must be even"):
         cross_combinations(3, 2, 3)
 
@@ -66,7 +65,6 @@ def test_a_texture_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypat
     it would not if the script fed that network no texture (the check fails then)."""
     import sys
 
-    import pytest
     from test_export import trained_like
     from test_texture import CONFIG
 
@@ -92,4 +90,30 @@ def test_a_texture_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypat
 
     monkeypatch.setattr(m2s_perception.inference, "with_texture", smooth_everywhere)
     with pytest.raises(SystemExit, match="differs from m2s-eval"):
+        spread.main()
+
+
+def test_cross_pools_need_only_half_an_ensemble_each(tmp_path, monkeypatch, capsys):
+    """--cross with two pools of one network and --size 2: each pool alone has no ensemble of 2, the
+    cross has exactly one (a with b), and --classes adds its median IoU of the asked classes."""
+    import sys
+
+    from test_export import CONFIG, trained_like
+
+    import bench.ensemble_spread as spread
+    from m2s_training.checkpoint import save_checkpoint
+    from m2s_training.synth import generate
+
+    generate(tmp_path / "data", ["08"], preset="tiny", scans=2, seed=3)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    save_checkpoint(a, trained_like(CONFIG, seed=1), CONFIG)
+    save_checkpoint(b, trained_like(CONFIG, seed=2), CONFIG)
+    argv = ["ensemble_spread", "--data", str(tmp_path / "data"), "--size", "2", "--classes", "road"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--pool", "a", str(a), "--pool", "b", str(b), "--cross", "a", "b"])
+    spread.main()
+    out = capsys.readouterr().out
+    assert "a: 1 networks, alone" in out and "b: 1 networks, alone" in out
+    assert "a+b: 1 ensembles of 2: median" in out and "median IoU road" in out
+    monkeypatch.setattr(sys, "argv", [*argv, "--pool", "a", str(a), "--pool", "b", str(b)])  # no --cross: 2 each
+    with pytest.raises(SystemExit, match="fewer than the 2 an ensemble takes"):
         spread.main()
