@@ -11,7 +11,14 @@ Bands default to 0–15, 15–30 and 30+ m (horizontal range): the near street, 
 what lies beyond, where a 64-beam sensor sees only the lowest few metres of things.
 ``--predicted CLASS`` reads the matrices the other way: what the points predicted as CLASS really
 are, per band (its column), and how much of CLASS was found: a rare class's IoU is held down by
-what else is called it as often as by what of it is missed.
+what else is called it as often as by what of it is missed. ``--map OUT.png`` (with ``--predicted``)
+draws one scan (``--scan``, in the order read) from above: the points wrongly called CLASS in the
+colour of what they are, CLASS found in its own colour, CLASS missed in black, the rest grey. Where the
+errors lie is often plainer there than in any table (docs/benchmarks.md "Sim-to-real", item 34: the
+false terrain along the outer edge of the sidewalks, at the foot of the hedges), e.g.
+
+    .venv/bin/python -m bench.confusion_by_range --data /work/shared/real/semantickitti --predictions OUT \
+        --predicted terrain --map terrain_errors.png
 """
 
 from __future__ import annotations
@@ -45,6 +52,54 @@ def confusion_by_band(
             np.add.at(matrix, (truth[keep], guess[keep]), 1)
         scans += 1
     return matrices, scans
+
+
+def error_masks(truth: np.ndarray, guess: np.ndarray, predicted: int) -> dict[str, np.ndarray]:
+    """Per point: ``found`` (class ``predicted``, called it), ``missed`` (``predicted``, called something
+    else) and ``false`` (another labelled class called ``predicted``); unlabelled points are in none."""
+    labelled = truth > 0
+    called = guess == predicted
+    return {
+        "found": called & (truth == predicted),
+        "missed": ~called & (truth == predicted),
+        "false": called & labelled & (truth != predicted),
+    }
+
+
+def draw_map(
+    points: np.ndarray, truth: np.ndarray, guess: np.ndarray, predicted: int, label_map, out: Path, extent: float
+) -> None:
+    """One scan from above: the points wrongly called ``predicted`` coloured by what they are."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    masks = error_masks(truth, guess, predicted)
+    names, colours = list(label_map.class_names), label_map.train_rgb / 255.0
+    figure, axes = plt.subplots(figsize=(9, 9))
+    axes.scatter(points[:, 0], points[:, 1], s=0.2, color="0.85", rasterized=True)
+    false = masks["false"]
+    for cls in np.argsort(-np.bincount(truth[false], minlength=len(names))):
+        chosen = false & (truth == cls)
+        if chosen.any():
+            label = f"{names[cls]} called {names[predicted]} ({chosen.sum():,})"
+            axes.scatter(points[chosen, 0], points[chosen, 1], s=2, color=colours[cls], label=label, rasterized=True)
+    for key, colour in (("found", colours[predicted]), ("missed", (0.0, 0.0, 0.0))):
+        chosen = masks[key]
+        label = f"{names[predicted]} {key} ({chosen.sum():,})"
+        axes.scatter(points[chosen, 0], points[chosen, 1], s=2, color=colour, marker="x", label=label, rasterized=True)
+    axes.set_xlim(-extent, extent)
+    axes.set_ylim(-extent, extent)
+    axes.set_aspect("equal")
+    axes.set_xlabel("x (m)")
+    axes.set_ylabel("y (m)")
+    axes.legend(markerscale=4, fontsize=8, loc="upper right")
+    axes.set_title(f"what is called {names[predicted]}, and what it is")
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
 
 
 def report(matrices: list[np.ndarray], edges: list[float], names: list[str], rows: int, columns: int) -> str:
@@ -97,7 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=7, help="classes per band, most points first")
     parser.add_argument("--columns", type=int, default=4, help="predictions per class, most first")
     parser.add_argument("--predicted", metavar="CLASS", help="instead: what the points predicted as CLASS really are")
+    parser.add_argument("--map", type=Path, help="with --predicted: draw one scan's errors from above to this PNG")
+    parser.add_argument("--scan", type=int, default=0, help="which scan --map draws, in the order read (default 0)")
+    parser.add_argument("--extent", type=float, default=35.0, help="--map shows ±extent m (default 35)")
     args = parser.parse_args(argv)
+    if args.map and args.predicted is None:
+        parser.error("--map draws the errors of one class: give --predicted CLASS too")
     label_map = load_label_map()
     edges = [*sorted(args.edges), float("inf")]
     matrices, scans = confusion_by_band(args.data, args.predictions, edges, label_map.num_classes, label_map.to_train)
@@ -111,6 +171,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--predicted {args.predicted!r}: not a class; one of {', '.join(names[1:])}")
     else:
         print(column_report(matrices, edges, names, names.index(args.predicted), args.columns))
+        if args.map:
+            files = sorted(args.predictions.glob("sequences/*/predictions/*.label"))
+            if not 0 <= args.scan < len(files):
+                parser.error(f"--scan {args.scan}: there are {len(files)} scans (0 to {len(files) - 1})")
+            predicted_file = files[args.scan]
+            sequence = args.data / "sequences" / predicted_file.parent.parent.name
+            points = read_scan(sequence / "velodyne" / f"{predicted_file.stem}.bin")
+            truth = label_map.to_train(read_labels(sequence / "labels" / predicted_file.name, len(points))[0])
+            guess = label_map.to_train(read_labels(predicted_file, len(points))[0])
+            draw_map(points, truth, guess, names.index(args.predicted), label_map, args.map, args.extent)
+            print(f"map of {predicted_file.parent.parent.name}/{predicted_file.stem}: {args.map}")
 
 
 if __name__ == "__main__":
