@@ -33,17 +33,28 @@ from m2s_perception.labels import load_label_map
 from m2s_training.data.semantic_kitti import read_labels, read_scan
 
 
+def prediction_files(predictions: Path) -> list[Path]:
+    """The label files ``m2s-eval --out`` wrote, in a fixed order."""
+    return sorted(predictions.glob("sequences/*/predictions/*.label"))
+
+
+def read_predicted(data: Path, predicted: Path, to_train) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scan a prediction file was made for, its true and its predicted training ids."""
+    sequence = data / "sequences" / predicted.parent.parent.name
+    points = read_scan(sequence / "velodyne" / f"{predicted.stem}.bin")
+    truth = to_train(read_labels(sequence / "labels" / predicted.name, len(points))[0])
+    guess = to_train(read_labels(predicted, len(points))[0])
+    return points, truth, guess
+
+
 def confusion_by_band(
     data: Path, predictions: Path, edges: list[float], num_classes: int, to_train
 ) -> tuple[list[np.ndarray], int]:
     """One (C, C) confusion matrix (rows: truth, columns: prediction) per band; and the scans read."""
     matrices = [np.zeros((num_classes, num_classes), np.int64) for _ in range(len(edges) - 1)]
     scans = 0
-    for predicted in sorted(predictions.glob("sequences/*/predictions/*.label")):
-        sequence = predicted.parent.parent.name
-        points = read_scan(data / "sequences" / sequence / "velodyne" / f"{predicted.stem}.bin")
-        truth = to_train(read_labels(data / "sequences" / sequence / "labels" / predicted.name, len(points))[0])
-        guess = to_train(read_labels(predicted, len(points))[0])
+    for predicted in prediction_files(predictions):
+        points, truth, guess = read_predicted(data, predicted, to_train)
         distance = np.hypot(points[:, 0], points[:, 1])
         band = np.digitize(distance, edges[1:-1])
         labelled = truth > 0
@@ -172,14 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(column_report(matrices, edges, names, names.index(args.predicted), args.columns))
         if args.map:
-            files = sorted(args.predictions.glob("sequences/*/predictions/*.label"))
+            files = prediction_files(args.predictions)
             if not 0 <= args.scan < len(files):
                 parser.error(f"--scan {args.scan}: there are {len(files)} scans (0 to {len(files) - 1})")
             predicted_file = files[args.scan]
-            sequence = args.data / "sequences" / predicted_file.parent.parent.name
-            points = read_scan(sequence / "velodyne" / f"{predicted_file.stem}.bin")
-            truth = label_map.to_train(read_labels(sequence / "labels" / predicted_file.name, len(points))[0])
-            guess = label_map.to_train(read_labels(predicted_file, len(points))[0])
+            points, truth, guess = read_predicted(args.data, predicted_file, label_map.to_train)
             draw_map(points, truth, guess, names.index(args.predicted), label_map, args.map, args.extent)
             print(f"map of {predicted_file.parent.parent.name}/{predicted_file.stem}: {args.map}")
 

@@ -226,6 +226,7 @@ class _KittiStreet:
                     self.strip("sidewalk", (x0, x1), (side * y, side * (y + PAVED_UNDER_BOUNDARY)), kerb)
             lawn_from = y + PAVED_UNDER_BOUNDARY if paved else y
             self.yard_ground(side, lawn_from, kerb, lawn, span, yard, open_depth, slope)
+            grass = (lawn, lawn_from, slope) if yard > 0 else None  # the lawn the plot's houses stand in
             boundary = rng.choice(["hedge", "fence", "none"], p=[0.45, 0.3, 0.25]) if yard > 0 else "none"
             stand = kerb if paved else base  # what the hedge or fence stands on
             for x0, x1 in _subtract(span, self.holes(side, y, y + 2.0)):
@@ -254,11 +255,9 @@ class _KittiStreet:
                             row_span = (start, min(x1, start + rng.uniform(5.0, 25.0)))
                             w.static.append(hedge(row_span, side * (y + offset + 3.0), ground, rng, (1.2, 3.0)))
                 if rng.random() < 0.5:
-                    front = y + yard + open_depth
-                    self.buildings(side, front, span, (lawn + slope * (front - lawn_from), slope) if yard > 0 else None)
+                    self.buildings(side, y + yard + open_depth, span, grass)
             else:
-                front = y + yard + rng.uniform(0.0, 3.0)
-                self.buildings(side, front, span, (lawn + slope * (front - lawn_from), slope) if yard > 0 else None)
+                self.buildings(side, y + yard + rng.uniform(0.0, 3.0), span, grass)
 
     def yard_ground(
         self, side: float, y: float, kerb: float, lawn: float, span: Span, yard: float, depth: float, slope: float
@@ -278,10 +277,10 @@ class _KittiStreet:
                     paving = "other-ground" if rng.random() < 0.3 else "sidewalk"
                     w.ground(paving, (x0, x1), (side * near, side * out), kerb)
 
-    def buildings(self, side: float, front: float, span: Span, lawn: tuple[float, float] | None = None) -> None:
-        """Houses along x from ``front`` m out. ``lawn``: the grass they stand in, (its height at ``front``,
-        its rise per metre farther out), or None on paving; ``Preset.building_apron`` of those in grass get
-        a paved apron."""
+    def buildings(self, side: float, front: float, span: Span, grass: tuple[float, float, float] | None = None) -> None:
+        """Houses along x from ``front`` m out. ``grass``: the lawn they stand in, (its height where it
+        starts, how far out it starts, its rise per metre), or None on paving; ``Preset.building_apron``
+        of those in grass get a paved apron."""
         w, rng = self.w, self.rng
         for x0, x1 in _subtract(span, self.holes(side, front, front + 20.0)):
             cursor = x0 + rng.uniform(0.0, 4.0)
@@ -304,9 +303,10 @@ class _KittiStreet:
                     )
                 w.static.append(LabelledMesh.from_parts(parts, 0, rng.uniform(0.7, 1.3)))
                 share = self.preset.building_apron  # drawn only when asked for: other worlds keep their bytes
-                if lawn is not None and share > 0 and rng.random() < share:
-                    ground, rise = lawn
-                    self.apron(side, (cursor, cursor + width), front + setback, depth, (ground + rise * setback, rise))
+                if grass is not None and share > 0 and rng.random() < share:
+                    lawn, lawn_from, rise = grass
+                    ground = lawn + rise * (front - lawn_from) + rise * setback  # under the house's front wall
+                    self.apron(side, (cursor, cursor + width), front + setback, depth, (ground, rise))
                 cursor += width + rng.choice([0.0, rng.uniform(2.0, 10.0), rng.uniform(10.0, 25.0)], p=[0.4, 0.4, 0.2])
 
     def apron(self, side: float, x: Span, front: float, depth: float, lawn: tuple[float, float]) -> None:
