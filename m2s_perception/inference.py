@@ -187,7 +187,14 @@ def network_input(points: np.ndarray, config: ModelConfig, ring: np.ndarray | No
     if config.remission_reference is not None:
         points = scale_remission(points, config.remission_reference)
     if config.uses_texture:
-        points = with_texture(points, config.texture_step, ring, config.texture_floor)
+        points = with_texture(
+            points,
+            config.texture_step,
+            ring,
+            config.texture_floor,
+            config.texture_ground_band,
+            config.texture_quiet_bound,
+        )
     return points
 
 

@@ -16,8 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from m2s_perception.levelling import fit_ground
+
 MAX_AZIMUTH_GAP = np.radians(1.0)  # neighbours of one beam lie one azimuth step apart (0.08–0.4°)
 MAX_ELEVATION_GAP = np.radians(0.3)  # the HDL-64E's beams lie 0.33–0.5° apart
+# How quiet a scan's sensor is: the median step of its ground-plane returns (within GROUND_INLIER m of
+# the plane) QUIET_NEAR-QUIET_FAR m away. Real HDL-64E scans 0.12 %, nuScenes' HDL-32E 0.06 %, the
+# synthetic sensor with 2.5 cm range noise 0.30 % (docs/benchmarks.md "Sim-to-real", item 40).
+GROUND_INLIER = 0.08
+QUIET_NEAR, QUIET_FAR = 5.0, 15.0
 
 
 def ring_texture(
@@ -32,13 +39,24 @@ def ring_texture(
     ``ring``: each point's beam index, where the cloud has one: the points are then taken ring by ring
     (in their order within each ring), which reads column-major clouds too (nuScenes, some drivers).
     """
+    return ramp(median_ring_step(points, ring), rough_step, smooth_step)
+
+
+def ramp(step: np.ndarray, rough_step: float, smooth_step: float = 0.0) -> np.ndarray:
+    """``step`` (relative range steps) as 0 at ``smooth_step`` or below, 1 at ``rough_step`` or above."""
+    return np.clip((step - np.float32(smooth_step)) / np.float32(rough_step - smooth_step), 0.0, 1.0).astype(np.float32)
+
+
+def median_ring_step(points: np.ndarray, ring: np.ndarray | None = None) -> np.ndarray:
+    """(N,) float32: each point's median relative range step to its (up to four) ring neighbours; 0 for a
+    point with no neighbour on its ring. ``ring`` as for :func:`ring_texture`."""
     if ring is not None:
         if len(ring) != len(points):
             raise ValueError(f"ring has {len(ring)} values for {len(points)} points")
         order = np.argsort(ring, kind="stable")
-        texture = np.empty(len(points), np.float32)
-        texture[order] = ring_texture(points[order], rough_step, None, smooth_step)
-        return texture
+        median = np.empty(len(points), np.float32)
+        median[order] = median_ring_step(points[order], None)
+        return median
     n = len(points)
     if n < 2:
         return np.zeros(n, np.float32)
@@ -63,13 +81,48 @@ def ring_texture(
     valid = np.isfinite(a).astype(np.int8) + np.isfinite(b) + np.isfinite(c) + np.isfinite(d)
     with np.errstate(invalid="ignore"):  # inf - inf in the branches np.select does not take
         median = np.select([valid == 4, valid == 3, valid == 2, valid == 1], [(b + c) / 2, b, (a + b) / 2, a], 0.0)
-    ramp = (median - np.float32(smooth_step)) / np.float32(rough_step - smooth_step)
-    return np.clip(ramp, 0.0, 1.0).astype(np.float32)
+    return median.astype(np.float32)
 
 
 def with_texture(
-    points: np.ndarray, rough_step: float, ring: np.ndarray | None = None, smooth_step: float = 0.0
+    points: np.ndarray,
+    rough_step: float,
+    ring: np.ndarray | None = None,
+    smooth_step: float = 0.0,
+    ground_band: float | None = None,
+    quiet_bound: float | None = None,
 ) -> np.ndarray:
-    """(N, 4) x, y, z, remission → (N, 5) with ``ring_texture`` as the last column."""
-    texture = ring_texture(points, rough_step, ring, smooth_step)[:, None]
-    return np.concatenate([points[:, :4], texture], axis=1).astype(np.float32, copy=False)
+    """(N, 4) x, y, z, remission → (N, 5) with ``ring_texture`` as the last column.
+
+    ``ground_band`` (m): only points within it of the scan's ground plane (``levelling.fit_ground``)
+    keep their texture, the rest get 0, so that signs, trunks and leaves are learned without it
+    (students that saw it everywhere lost the real traffic signs: docs/benchmarks.md "Sim-to-real",
+    items 15-16). ``quiet_bound``: the scan's sensor must be quiet enough for the texture to mean
+    anything: where the median relative step of its own ground 5-15 m away exceeds this, the whole
+    column is 0 (a sensor with 2.5 cm range noise makes pavement as rough as grass: items 39-40)."""
+    step = median_ring_step(points, ring)
+    texture = ramp(step, rough_step, smooth_step)
+    if ground_band is not None or quiet_bound is not None:
+        texture = on_quiet_ground(points, step, texture, ground_band, quiet_bound)
+    return np.concatenate([points[:, :4], texture[:, None]], axis=1).astype(np.float32, copy=False)
+
+
+def on_quiet_ground(
+    points: np.ndarray, step: np.ndarray, texture: np.ndarray, ground_band: float | None, quiet_bound: float | None
+) -> np.ndarray:
+    """``texture`` kept only near the ground plane (``ground_band``) of a scan from a quiet sensor
+    (``quiet_bound``); all 0 where no ground plane is found."""
+    fit = fit_ground(points)
+    if fit is None:
+        return np.zeros_like(texture)
+    x, y, z = (np.asarray(points[:, i], np.float64) for i in range(3))
+    # column by column, not a matrix product (levelling.py says why: BLAS threads slow the network after it)
+    height = fit.normal[0] * x + fit.normal[1] * y + fit.normal[2] * z + fit.offset
+    if quiet_bound is not None:
+        distance = np.hypot(x, y)
+        ground = (np.abs(height) < GROUND_INLIER) & (distance >= QUIET_NEAR) & (distance <= QUIET_FAR) & (step > 0)
+        if not ground.any() or float(np.median(step[ground])) > quiet_bound:
+            return np.zeros_like(texture)
+    if ground_band is not None:
+        texture = np.where(np.abs(height) <= ground_band, texture, np.float32(0.0)).astype(np.float32)
+    return texture

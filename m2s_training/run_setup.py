@@ -41,6 +41,8 @@ def build_datasets(
         config.model.texture_step,
         config.model.texture_floor,
         config.model.remission_reference,
+        config.model.texture_ground_band,
+        config.model.texture_quiet_bound,
     )
     val_fuser = fuser if mode == "teacher" else None  # a teacher is judged on the input it will get
     val_sequences = existing_split(root, data.val_split, label_map)
@@ -54,6 +56,8 @@ def build_datasets(
         texture_step=config.model.texture_step,
         texture_floor=config.model.texture_floor,
         remission_reference=config.model.remission_reference,
+        texture_ground_band=config.model.texture_ground_band,
+        texture_quiet_bound=config.model.texture_quiet_bound,
     )
     return train, val
 

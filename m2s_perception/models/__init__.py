@@ -45,6 +45,11 @@ class ModelConfig:
     # The step below which a surface reads as smooth (0): pavement, whose texture differs a little
     # between simulation and a real sensor, all reads alike; texture_step - texture_floor is the ramp.
     texture_floor: float = 0.0
+    # Where the texture is given (m2s_perception/texture.py, with_texture): only within this height (m) of the
+    # scan's ground plane, 0 elsewhere; and only for a scan whose own ground 5-15 m away steps by at most
+    # texture_quiet_bound (relative) between ring neighbours, else 0 everywhere. None: everywhere, always.
+    texture_ground_band: float | None = None
+    texture_quiet_bound: float | None = None
     # Remission on one scale per scan (m2s_perception/remission.py): every scan's remission multiplied so
     # that the median of its lit returns is this value (e.g. 0.28), in training after the augmentations
     # and at inference. None: remission as the sensor gives it.
@@ -75,6 +80,10 @@ class ModelConfig:
                 f"texture_step must be null or a relative range step above texture_floor >= 0, got "
                 f"texture_step {self.texture_step}, texture_floor {self.texture_floor}"
             )
+        for name in ("texture_ground_band", "texture_quiet_bound"):
+            value = getattr(self, name)
+            if value is not None and (self.texture_step is None or not value > 0):
+                raise ValueError(f"{name} must be null, or positive with texture_step set; got {value}")
         if self.remission_reference is not None and not self.remission_reference > 0:
             raise ValueError(
                 f"remission_reference must be null or a positive remission, got {self.remission_reference}"

@@ -263,11 +263,14 @@ class SemanticKittiDataset(Dataset):
         texture_step: float | None = None,
         texture_floor: float = 0.0,
         remission_reference: float | None = None,
+        texture_ground_band: float | None = None,
+        texture_quiet_bound: float | None = None,
     ):
-        """``texture_step``, ``texture_floor`` (``ModelConfig``'s): points get a fifth column, their surface texture
-        (m2s_perception/texture.py), computed from each scan as read (sensor order), before anything drops
-        or moves points. ``remission_reference`` (``ModelConfig``'s): each sample's remission scaled, after
-        the augmentations, so that its lit returns' median is this value (m2s_perception/remission.py)."""
+        """``texture_step``, ``texture_floor``, ``texture_ground_band``, ``texture_quiet_bound`` (``ModelConfig``'s):
+        points get a fifth column, their surface texture (m2s_perception/texture.py), computed from each scan as
+        read (sensor order), before anything drops or moves points. ``remission_reference`` (``ModelConfig``'s):
+        each sample's remission scaled, after the augmentations, so that its lit returns' median is this value
+        (m2s_perception/remission.py)."""
         if not sequences:
             raise KittiFormatError(f"{root}: no sequences given for the dataset")
         if texture_step is not None and fuser is not None:
@@ -286,6 +289,7 @@ class SemanticKittiDataset(Dataset):
         self.fuser = fuser
         self.max_points = max_points
         self.texture_step, self.texture_floor = texture_step, texture_floor
+        self.texture_ground_band, self.texture_quiet_bound = texture_ground_band, texture_quiet_bound
         self.remission_reference = remission_reference
         self.seed = seed
         self.epoch = 0
@@ -341,7 +345,9 @@ class SemanticKittiDataset(Dataset):
         points = seq.points(index)
         if self.texture_step is None:
             return points
-        return with_texture(points, self.texture_step, None, self.texture_floor)
+        return with_texture(
+            points, self.texture_step, None, self.texture_floor, self.texture_ground_band, self.texture_quiet_bound
+        )
 
     def label_counts(self) -> np.ndarray:
         """Points per training id over the dataset's own scans (fused points excluded)."""
