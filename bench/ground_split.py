@@ -32,6 +32,7 @@ import torch
 
 from bench.ensemble_spread import log_probabilities, networks_of
 from bench.sim2real_nuscenes import read_sweep
+from m2s_perception.inference import labels_from_logits
 from m2s_perception.labels import LabelMap, load_label_map
 from m2s_training.data.semantic_kitti import Sequence, existing_split, write_prediction
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
@@ -51,8 +52,8 @@ def split_ground(decide: torch.Tensor, ground: torch.Tensor, ground_ids: list[in
 
 
 def labels_of(probability: torch.Tensor) -> torch.Tensor:
-    """The most probable real class (never 'unlabeled', id 0), as the node labels."""
-    return probability[:, 1:].argmax(1) + 1
+    """The most probable real class (never 'unlabeled', id 0), by the node's own rule."""
+    return labels_from_logits(probability.log())[0]
 
 
 def mean_probability(checkpoints: list[Path], clouds: list[np.ndarray], rings: list | None = None) -> list:

@@ -124,5 +124,5 @@ def on_quiet_ground(
         if not ground.any() or float(np.median(step[ground])) > quiet_bound:
             return np.zeros_like(texture)
     if ground_band is not None:
-        texture = np.where(np.abs(height) <= ground_band, texture, np.float32(0.0)).astype(np.float32)
+        texture = np.where(np.abs(height) <= ground_band, texture, np.float32(0.0))
     return texture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_dataset import write_sequence
+from test_texture import ring
 
 from m2s_perception.inference import network_input
 from m2s_perception.models import ModelConfig
@@ -15,17 +16,8 @@ from m2s_training.data.semantic_kitti import write_scan
 
 MOUNT = 1.73  # the sensor above a flat ground, m
 ROUGH, FLOOR = 0.003, 0.0015  # the ramp: steps of 0.15 % read 0, of 0.3 % read 1
-AZIMUTH_STEP = np.radians(0.18)
+AZIMUTH_STEP = np.radians(0.18)  # test_texture.ring's default step
 POINTS_PER_RING = 400  # a 72° sector
-
-
-def beam(elevation_deg: float, ranges: np.ndarray) -> np.ndarray:
-    """One beam's returns in sensor order at the given ranges."""
-    azimuth = AZIMUTH_STEP * np.arange(len(ranges))
-    elevation = np.radians(elevation_deg)
-    horizontal = ranges * np.cos(elevation)
-    x, y, z = horizontal * np.cos(azimuth), horizontal * np.sin(azimuth), ranges * np.sin(elevation)
-    return np.stack([x, y, z, np.full(len(ranges), 0.3)], axis=1).astype(np.float32)
 
 
 def alternating(base: float, epsilon: float, count: int = POINTS_PER_RING) -> np.ndarray:
@@ -44,10 +36,10 @@ def scan(ground_epsilon: float, with_ground: bool = True) -> tuple[np.ndarray, n
             base = MOUNT / np.sin(np.radians(-elevation))
             ranges = alternating(base, ground_epsilon)
             ranges[:40] = alternating(base, 0.0016, 40)
-            parts.append(beam(elevation, ranges))
+            parts.append(ring(ranges, elevation))
             patch.append(np.arange(POINTS_PER_RING) < 38)
             wall.append(np.zeros(POINTS_PER_RING, bool))
-    parts.append(beam(1.0, alternating(10.0, 0.005)))  # z = +0.17 m: 1.9 m above the ground
+    parts.append(ring(alternating(10.0, 0.005), 1.0))  # z = +0.17 m: 1.9 m above the ground
     patch.append(np.zeros(POINTS_PER_RING, bool))
     wall.append(np.ones(POINTS_PER_RING, bool))
     return np.concatenate(parts), np.concatenate(patch), np.concatenate(wall)
@@ -84,10 +76,10 @@ def test_no_ground_plane_means_no_texture():
     # a rough vertical wall (the plane x = 10 m, 0-36° azimuth), eight beams high; a single ring would be a
     # level arc, which is a "ground"
     count = 200
-    azimuth = AZIMUTH_STEP * np.arange(count)  # as beam() lays them
+    azimuth = AZIMUTH_STEP * np.arange(count)  # as ring() lays them
     roughness = 1 + 0.005 * (-1.0) ** np.arange(count)
     points = np.concatenate(
-        [beam(e, 10.0 / (np.cos(azimuth) * np.cos(np.radians(e))) * roughness) for e in np.linspace(-5.0, 2.0, 8)]
+        [ring(10.0 / (np.cos(azimuth) * np.cos(np.radians(e))) * roughness, e) for e in np.linspace(-5.0, 2.0, 8)]
     )
     assert np.all(with_texture(points, ROUGH, None, FLOOR)[:, 4] == 1.0)  # steps of 0.8-1.2 %
     assert np.all(with_texture(points, ROUGH, None, FLOOR, ground_band=0.4)[:, 4] == 0.0)
