@@ -178,7 +178,8 @@ def main() -> None:
             continue
         metrics = [metrics_of([networks[i] for i in combo], targets, n) for combo in tqdm(combos, desc="ensembles")]
         results[name] = [m.present_miou for m in metrics]
-        alone = f"{np.mean(singles):.4f} ± {np.std(singles, ddof=1):.4f} ({min(singles):.4f}–{max(singles):.4f})"
+        spread = f" ± {np.std(singles, ddof=1):.4f}" if len(singles) > 1 else ""  # one network has no spread
+        alone = f"{np.mean(singles):.4f}{spread} ({min(singles):.4f}–{max(singles):.4f})"
         print(f"{name}: {len(networks)} networks, alone {alone}; " + summary(name, metrics, args.size, classes))
     if args.cross:
         first, second = pools[args.cross[0]], pools[args.cross[1]]

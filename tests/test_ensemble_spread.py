@@ -81,7 +81,9 @@ def test_a_texture_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypat
     argv = ["ensemble_spread", "--data", data, "--size", "1", "--check", f"{checkpoint}={out}"]
     monkeypatch.setattr(sys, "argv", [*argv, "--pool", "texture", str(checkpoint)])
     spread.main()
-    assert f"check {checkpoint}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"check {checkpoint}" in printed
+    assert "texture: 1 networks, alone" in printed and "nan" not in printed  # one network: no spread to print
 
     def smooth_everywhere(points, *_args):
         return np.concatenate([points[:, :4], np.zeros((len(points), 1), np.float32)], axis=1)
