@@ -17,14 +17,11 @@ the plants; in the ``kitti`` world every hedge and fence stood 0.3–0.5 m into 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 
+from bench.compare_roots import roots_parser, scans_by_root
 from m2s_perception.labels import LabelMap, load_label_map
 from m2s_perception.levelling import level
-from m2s_training.data.semantic_kitti import labelled_scans
 
 GROUND = ("road", "sidewalk", "parking", "other-ground", "terrain")
 STANDING = ("vegetation", "fence")
@@ -96,11 +93,7 @@ def ground_at_feet(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path, help="data roots; the first is read whole")
-    parser.add_argument("--every", type=int, default=8, help="every n-th scan of the other roots (default 8)")
-    parser.add_argument("--near", type=float, default=3.0)
-    parser.add_argument("--far", type=float, default=20.0)
+    parser = roots_parser(__doc__, every=8, band=(3.0, 20.0))
     parser.add_argument("--foot", type=float, default=0.5, help="m above the cell's lowest ground (default 0.5)")
     parser.add_argument("--reach", type=float, default=0.5, help="m from a foot return (default 0.5)")
     parser.add_argument("--standing", default=",".join(STANDING), help="classes whose feet count (default %(default)s)")
@@ -109,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     labels = load_label_map()
     band = f"{args.near:.0f}–{args.far:.0f} m"
     print(f"ground returns {band} within {args.reach} m of a foot of {' or '.join(standing)}: class shares")
-    for position, root in enumerate(args.roots):
+    for root, labelled in scans_by_root(args.roots, args.every):
         counts, scans = np.zeros(len(GROUND), np.int64), 0
-        for points, semantic in labelled_scans(root, 1 if position == 0 else args.every):
+        for points, semantic in labelled:
             train = labels.to_train(semantic)
             counts += ground_at_feet(level(points), train, labels, args.near, args.far, args.foot, args.reach, standing)
             scans += 1

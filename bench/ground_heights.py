@@ -14,14 +14,11 @@ tilt moves a 15 m-away return by ±0.4 m; levelled, it reads otherwise (item 23)
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 
+from bench.compare_roots import roots_parser, scans_by_root
 from m2s_perception.labels import load_label_map
 from m2s_perception.levelling import level
-from m2s_training.data.semantic_kitti import labelled_scans
 
 CLASSES = ("road", "sidewalk", "parking", "terrain")
 BANDS = {"0-15 m": (0.0, 15.0), "15-30 m": (15.0, 30.0)}
@@ -55,18 +52,14 @@ def describe(name: str, heights: dict[tuple[str, str], list[np.ndarray]]) -> str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "roots", nargs="+", type=Path, help="data roots (ROOT/sequences/XX/{velodyne,labels}); the first is read whole"
-    )
-    parser.add_argument("--every", type=int, default=16, help="every n-th scan of the other roots (default 16)")
+    parser = roots_parser(__doc__, every=16)
     parser.add_argument("--under", type=float, default=12.0, help="the road within this range is the reference")
     args = parser.parse_args(argv)
     labels = load_label_map()
     ids = {cls: labels.class_id(cls) for cls in CLASSES}
-    for position, root in enumerate(args.roots):
+    for root, labelled in scans_by_root(args.roots, args.every):
         heights: dict[tuple[str, str], list[np.ndarray]] = {}
-        for points, semantic in labelled_scans(root, 1 if position == 0 else args.every):
+        for points, semantic in labelled:
             classes = labels.to_train(semantic)
             measured = heights_above_road(points, classes, ids["road"], args.under)
             if measured is None:

@@ -14,12 +14,12 @@ band in both matters: the real scans see their grass at 15–40 m, the synthetic
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bench.compare_roots import roots_parser
 from m2s_perception.labels import load_label_map
 from m2s_training.atomic import atomic_path
 from m2s_training.data.semantic_kitti import labelled_scans
@@ -112,18 +112,7 @@ def plot(path: Path, names: list[str], tables: list[dict[int, Remission | None]]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "roots",
-        nargs="+",
-        type=Path,
-        help="data roots (ROOT/sequences/XX/{velodyne,labels}); the first (the real scans) is read whole",
-    )
-    parser.add_argument(
-        "--every", type=int, default=8, help="every n-th scan of the other roots' sequences (default 8)"
-    )
-    parser.add_argument("--near", type=float, default=5.0)
-    parser.add_argument("--far", type=float, default=30.0)
+    parser = roots_parser(__doc__, every=8, band=(5.0, 30.0))
     parser.add_argument("--cell", type=float, default=2.0, help="cell size for the patchiness, m (default 2)")
     parser.add_argument("--plot", type=Path, help="also draw the medians and spreads to this PNG")
     args = parser.parse_args(argv)

@@ -17,14 +17,11 @@ of those steps in cm and, divided by the ring's range, in degrees (docs/benchmar
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 
+from bench.compare_roots import roots_parser, scans_by_root
 from m2s_perception.labels import load_label_map
 from m2s_perception.levelling import level
-from m2s_training.data.semantic_kitti import labelled_scans
 
 CLASSES = ("road", "sidewalk", "terrain")
 SECTOR_DEG = 30.0
@@ -82,19 +79,13 @@ def describe(name: str, steps: dict[str, np.ndarray]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "roots", nargs="+", type=Path, help="data roots (ROOT/sequences/XX/{velodyne,labels}); the first is read whole"
-    )
-    parser.add_argument("--every", type=int, default=8, help="every n-th scan of the other roots (default 8)")
-    parser.add_argument("--near", type=float, default=8.0)
-    parser.add_argument("--far", type=float, default=30.0)
+    parser = roots_parser(__doc__, every=8, band=(8.0, 30.0))
     args = parser.parse_args(argv)
     labels = load_label_map()
     ids = {cls: labels.class_id(cls) for cls in CLASSES}
-    for position, root in enumerate(args.roots):
+    for root, labelled in scans_by_root(args.roots, args.every):
         found: dict[str, list[np.ndarray]] = {cls: [] for cls in CLASSES}
-        for points, semantic in labelled_scans(root, 1 if position == 0 else args.every):
+        for points, semantic in labelled:
             train = labels.to_train(semantic)
             for cls, class_id in ids.items():
                 found[cls].append(ring_steps(points, train == class_id, args.near, args.far))

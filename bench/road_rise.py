@@ -14,14 +14,11 @@ only. A student that only ever saw level streets may take a road that climbs for
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 
+from bench.compare_roots import roots_parser, scans_by_root
 from m2s_perception.labels import load_label_map
 from m2s_perception.levelling import level
-from m2s_training.data.semantic_kitti import labelled_scans
 
 SECTORS = ("ahead", "left", "behind", "right")
 
@@ -63,20 +60,14 @@ def describe(name: str, rises: dict[str, list[float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "roots", nargs="+", type=Path, help="data roots (ROOT/sequences/XX/{velodyne,labels}); the first is read whole"
-    )
-    parser.add_argument("--every", type=int, default=16, help="every n-th scan of the other roots (default 16)")
-    parser.add_argument("--near", type=float, default=15.0)
-    parser.add_argument("--far", type=float, default=30.0)
+    parser = roots_parser(__doc__, every=16, band=(15.0, 30.0))
     parser.add_argument("--under", type=float, default=8.0, help="the road within this range is 'under' the sensor")
     args = parser.parse_args(argv)
     labels = load_label_map()
     road_id = labels.class_id("road")
-    for position, root in enumerate(args.roots):
+    for root, labelled in scans_by_root(args.roots, args.every):
         rises: dict[str, list[float]] = {sector: [] for sector in SECTORS}
-        for points, semantic in labelled_scans(root, 1 if position == 0 else args.every):
+        for points, semantic in labelled:
             road = labels.to_train(semantic) == road_id
             for sector, rise in road_rise(points, road, args.near, args.far, args.under).items():
                 rises[sector].append(rise)

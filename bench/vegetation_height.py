@@ -11,14 +11,11 @@ near vegetation is mostly ~1.1 m hedges; the ``kitti`` world's was ~2 m until ``
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 
+from bench.compare_roots import roots_parser, scans_by_root
 from m2s_perception.labels import load_label_map
 from m2s_perception.levelling import fit_ground, level_on
-from m2s_training.data.semantic_kitti import labelled_scans
 
 
 def cell_tops(points: np.ndarray, vegetation: np.ndarray, near: float, far: float) -> np.ndarray:
@@ -51,17 +48,13 @@ def describe(name: str, tops: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path, help="data roots (ROOT/sequences/XX/{velodyne,labels})")
-    parser.add_argument("--every", type=int, default=10, help="every n-th scan of each sequence (default 10)")
-    parser.add_argument("--near", type=float, default=7.0)
-    parser.add_argument("--far", type=float, default=15.0)
+    parser = roots_parser(__doc__, every=10, band=(7.0, 15.0), first_whole=False)
     args = parser.parse_args(argv)
     labels = load_label_map()
     vegetation_id = labels.class_id("vegetation")
-    for root in args.roots:
+    for root, labelled in scans_by_root(args.roots, args.every, first_whole=False):
         tops = []
-        for points, semantic in labelled_scans(root, args.every):
+        for points, semantic in labelled:
             tops.append(cell_tops(points, labels.to_train(semantic) == vegetation_id, args.near, args.far))
         print(describe(str(root), np.concatenate(tops) if tops else np.zeros(0)))
 

@@ -22,15 +22,13 @@ the shipped one calls real far road terrain wherever a stretch of it has no 0 am
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from bench.compare_roots import roots_parser, scans_by_root
 from bench.ring_steps import ring_index
 from m2s_perception.labels import load_label_map
-from m2s_training.data.semantic_kitti import labelled_scans
 
 CLASSES = ("road", "sidewalk", "parking", "terrain", "vegetation")
 BANDS = (0.0, 10.0, 20.0, 30.0, 40.0)
@@ -107,16 +105,12 @@ def describe(name: str, counts: dict[str, ZeroCounts], near: float, far: float) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path, help="data roots; the first is read whole")
-    parser.add_argument("--every", type=int, default=8, help="every n-th scan of the other roots (default 8)")
-    parser.add_argument("--near", type=float, default=15.0)
-    parser.add_argument("--far", type=float, default=30.0)
+    parser = roots_parser(__doc__, every=8, band=(15.0, 30.0))
     args = parser.parse_args(argv)
     labels = load_label_map()
-    for position, root in enumerate(args.roots):
+    for root, labelled in scans_by_root(args.roots, args.every):
         counts = {cls: ZeroCounts() for cls in CLASSES}
-        for points, semantic in labelled_scans(root, 1 if position == 0 else args.every):
+        for points, semantic in labelled:
             train, rings = labels.to_train(semantic), ring_index(points)
             for cls, c in counts.items():
                 mask = train == labels.class_id(cls)
