@@ -1,0 +1,154 @@
+"""Can a real scan be made to look like the training sensor's before the network sees it? Label-free
+changes the node could make to every scan, scored on labelled scans like ``m2s-eval`` (levelled):
+
+- ``noise C``: Gaussian range noise of C cm added along each ray (the synthetic ``kitti`` sensor
+  draws 2.5 cm; a real HDL-64E's ranges are quieter, docs/benchmarks.md "Sim-to-real", item 40);
+- ``shuffle W``: the remission of the returns within 0.3 m of the scan's ground plane permuted
+  within windows of W consecutive ground returns in the sensor's order, so that the real sensor's
+  runs of remission-0 returns along rings on far dark road become scattered zeros as in the
+  synthetic data (the shipped file calls far road road where its zeros are scattered: item 29);
+- ``scan norms A``: every batch norm's statistics A × its trained ones + (1 − A) × the scan's own
+  (test-time batch-norm adaptation; A = 0: the scan's alone).
+
+For each: present-class mIoU, the IoU of the issue's target classes, and how much of the paved ground
+15–30 m away is called terrain (docs/benchmarks.md "Sim-to-real", item 42), e.g.
+
+    .venv/bin/python -m bench.sensor_matching --checkpoint m2s_perception/weights/demo_student.pt \\
+        --data ../shared/real/semantickitti --noise 1 2.5 4 --shuffle 8 32 --scan-norms 0 0.5
+
+Evaluation only: nothing here is chosen per scan or trained on the real scans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from m2s_perception.checkpoint import load_model
+from m2s_perception.inference import Segmenter
+from m2s_perception.labels import load_label_map
+from m2s_perception.levelling import fit_ground
+from m2s_training.data.semantic_kitti import labelled_scans
+from m2s_training.metrics import SegmentationMetrics, confusion_matrix
+
+GROUND_BAND = 0.3  # m from the fitted ground plane: what ``shuffle`` counts as ground
+TARGETS = ("road", "sidewalk", "building", "vegetation", "car", "terrain")
+PAVED = ("road", "sidewalk", "parking")
+
+
+def with_range_noise(points: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """A copy of (N, 4) ``points`` whose ranges move by N(0, ``sigma`` m) along their own rays."""
+    out = points.copy()
+    distance = np.linalg.norm(points[:, :3], axis=1)
+    moved = np.maximum(distance + rng.normal(0.0, sigma, len(points)), 0.01)
+    out[:, :3] *= (moved / np.maximum(distance, 1e-6))[:, None]
+    return out
+
+
+def with_ground_remission_shuffled(points: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
+    """A copy of ``points`` whose ground returns (within GROUND_BAND of ``fit_ground``'s plane) trade
+    remission within windows of ``window`` consecutive ground returns; a scan without a plane is kept."""
+    out = points.copy()
+    fit = fit_ground(points)
+    if fit is None:
+        return out
+    ground = np.flatnonzero(np.abs(points[:, :3] @ fit.normal + fit.offset) < GROUND_BAND)
+    source = ground.copy()
+    for start in range(0, len(ground), window):
+        source[start : start + window] = rng.permutation(ground[start : start + window])
+    out[ground, 3] = points[source, 3]
+    return out
+
+
+def adapted_to(model: nn.Module, cloud: torch.Tensor, keep: float) -> nn.Module:
+    """A copy of ``model`` whose batch norms hold ``keep`` × their statistics + (1 − ``keep``) × those of
+    one forward pass over ``cloud`` (a prepared scan); its weights are the model's."""
+    adapted = copy.deepcopy(model)
+    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    trained = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative mean: after one pass, exactly the scan's statistics
+    adapted.train()
+    with torch.no_grad():
+        adapted(cloud, torch.zeros(len(cloud), dtype=torch.long), 1)
+    for norm, (mean, var, momentum) in zip(norms, trained, strict=True):
+        norm.running_mean.mul_(1 - keep).add_(keep * mean)
+        norm.running_var.mul_(1 - keep).add_(keep * var)
+        norm.momentum = momentum
+    return adapted.eval()
+
+
+def score(predict: Callable[[np.ndarray, int], np.ndarray], scans: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """One row: present-class mIoU, the target classes' IoU, and far paved ground called terrain."""
+    labels = load_label_map()
+    confusion = torch.zeros(labels.num_classes, labels.num_classes, dtype=torch.int64)
+    terrain = labels.class_id("terrain")
+    far = {name: [0, 0] for name in PAVED}
+    for index, (points, train) in enumerate(scans):
+        predicted = predict(points, index)
+        confusion += confusion_matrix(
+            torch.from_numpy(predicted.astype(np.int64)), torch.from_numpy(train), len(confusion)
+        )
+        distance = np.hypot(points[:, 0], points[:, 1])
+        band = (distance >= 15.0) & (distance < 30.0)
+        for name, counts in far.items():
+            chosen = band & (train == labels.class_id(name))
+            counts[0] += int(chosen.sum())
+            counts[1] += int((chosen & (predicted == terrain)).sum())
+    metrics = SegmentationMetrics.from_confusion(confusion)
+    ious = " | ".join(f"{metrics.iou[labels.class_id(name)]:.3f}" for name in TARGETS)
+    called = " / ".join(f"{c / max(1, n):.2f}" for n, c in far.values())
+    return f"{metrics.present_miou:.4f} | {ious} | {called}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="labelled scans (ROOT/sequences/XX/...)")
+    parser.add_argument("--noise", nargs="*", type=float, default=[], metavar="CM", help="extra range noise, cm")
+    parser.add_argument("--shuffle", nargs="*", type=int, default=[], metavar="W", help="ground remission windows")
+    parser.add_argument("--scan-norms", nargs="*", type=float, default=[], metavar="A", help="share of trained stats")
+    args = parser.parse_args(argv)
+    labels = load_label_map()
+    scans = [(points, labels.to_train(semantic)) for points, semantic in labelled_scans(args.data)]
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, "cpu")
+
+    def changed(
+        change: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+    ) -> Callable[[np.ndarray, int], np.ndarray]:
+        # one generator per scan, seeded by its index: every variant and rerun draws alike
+        return lambda points, index: segmenter.predict(change(points, np.random.default_rng(index))).labels
+
+    variants: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+        "as is": lambda points, _: segmenter.predict(points).labels
+    }
+    for cm in args.noise:
+        variants[f"noise {cm:g} cm"] = changed(lambda p, rng, cm=cm: with_range_noise(p, cm / 100, rng))
+    for window in args.shuffle:
+        variants[f"shuffle {window}"] = changed(lambda p, rng, w=window: with_ground_remission_shuffled(p, w, rng))
+    if args.scan_norms:
+        model, config, _ = load_model(args.checkpoint, "cpu")
+    for keep in args.scan_norms:
+
+        def adapted(points: np.ndarray, _index: int, keep: float = keep) -> np.ndarray:
+            cloud = segmenter.prepare(points)
+            scan_model = adapted_to(model, torch.from_numpy(cloud), keep)
+            return Segmenter(scan_model, config, "cpu").predict(points).labels
+
+        variants[f"scan norms {keep:g}"] = adapted
+    print(f"{args.checkpoint} on {len(scans)} scans of {args.data}")
+    print(f"| input | present-class mIoU | {' | '.join(TARGETS)} | {' / '.join(PAVED)} 15–30 m called terrain |")
+    print("|---|---|" + "---|" * len(TARGETS) + "---|")
+    for name, predict in variants.items():
+        print(f"| {name} | {score(predict, scans)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
