@@ -8,13 +8,19 @@ changes the node could make to every scan, scored on labelled scans like ``m2s-e
   runs of remission-0 returns along rings on far dark road become scattered zeros as in the
   synthetic data (the shipped file calls far road road where its zeros are scattered: item 29);
 - ``scan norms A``: every batch norm's statistics A × its trained ones + (1 − A) × the scan's own
-  (test-time batch-norm adaptation; A = 0: the scan's alone).
+  (test-time batch-norm adaptation; A = 0: the scan's alone);
+- ``texture terrain CELL/TAU/NEAR`` (after the network, not before it): where the scan's sensor is quiet
+  (``m2s_perception.texture``'s gate, 0.2 %), the points the model calls ground at least NEAR m away are
+  re-decided by the mean ring texture of the ground-called points in their CELL × CELL m cell: above TAU
+  terrain, else the most probable other ground class (item 43; real paved ground reads smooth, grass rough).
 
 For each: present-class mIoU, the IoU of the issue's target classes, and how much of the paved ground
 15–30 m away is called terrain (docs/benchmarks.md "Sim-to-real", item 42), e.g.
 
     .venv/bin/python -m bench.sensor_matching --checkpoint m2s_perception/weights/demo_student.pt \\
         --data ../shared/real/semantickitti --noise 1 2.5 4 --shuffle 8 32 --scan-norms 0 0.5
+    .venv/bin/python -m bench.sensor_matching --checkpoint m2s_perception/weights/demo_student.pt \
+        --data runs/synth_ptex --sequence 08 --texture-terrain 1/0.5/0 2/0.5/10
 
 Evaluation only: nothing here is chosen per scan or trained on the real scans.
 """
@@ -34,10 +40,13 @@ from m2s_perception.checkpoint import load_model
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
 from m2s_perception.levelling import fit_ground
-from m2s_training.data.semantic_kitti import labelled_scans
+from m2s_perception.texture import GROUND_INLIER, QUIET_FAR, QUIET_NEAR, median_ring_step, ramp
+from m2s_training.data.semantic_kitti import Sequence, labelled_scans
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
 GROUND_BAND = 0.3  # m from the fitted ground plane: what ``shuffle`` counts as ground
+GROUND_CLASSES = ("road", "parking", "sidewalk", "other-ground", "terrain")
+QUIET_BOUND = 0.002  # item 41's gate: the ground's median relative ring step of a quiet sensor (real HDL-64E 0.12 %)
 TARGETS = ("road", "sidewalk", "building", "vegetation", "car", "terrain")
 PAVED = ("road", "sidewalk", "parking")
 
@@ -85,6 +94,50 @@ def adapted_to(model: nn.Module, cloud: torch.Tensor, keep: float) -> nn.Module:
     return adapted.eval()
 
 
+def quiet_sensor(points: np.ndarray, step: np.ndarray) -> bool:
+    """Whether the median relative ring ``step`` of the scan's ground-plane returns 5–15 m away is at most
+    QUIET_BOUND (the measure of ``m2s_perception.texture.on_quiet_ground``)."""
+    fit = fit_ground(points)
+    if fit is None:
+        return False
+    height = np.abs(points[:, :3].astype(np.float64) @ fit.normal + fit.offset)
+    distance = np.hypot(points[:, 0], points[:, 1])
+    ground = (height < GROUND_INLIER) & (distance >= QUIET_NEAR) & (distance <= QUIET_FAR) & (step > 0)
+    return bool(ground.any()) and float(np.median(step[ground])) <= QUIET_BOUND
+
+
+def cell_means(xy: np.ndarray, values: np.ndarray, cell: float) -> np.ndarray:
+    """Each point's mean of ``values`` over the points in its ``cell`` × ``cell`` m square of ``xy``."""
+    _, index = np.unique(np.floor(xy / cell).astype(np.int64), axis=0, return_inverse=True)
+    index = index.ravel()
+    return (np.bincount(index, values) / np.bincount(index))[index]
+
+
+def texture_terrain(
+    points: np.ndarray,
+    probability: np.ndarray,
+    cell: float,
+    tau: float,
+    near: float,
+    ground_ids: list[int],
+    terrain: int,
+) -> np.ndarray:
+    """Labels of (N, C) class ``probability`` with the ground re-decided by ring texture (the docstring's
+    ``texture terrain``); the plain argmax where the sensor is not quiet."""
+    real = probability.copy()
+    real[:, 0] = 0.0  # never 'unlabeled'
+    labels = real.argmax(1)
+    step = median_ring_step(points)
+    ground = np.isin(labels, ground_ids) & (np.hypot(points[:, 0], points[:, 1]) >= near)
+    if not ground.any() or not quiet_sensor(points, step):
+        return labels
+    rough = cell_means(points[ground, :2], ramp(step, 0.003, 0.0015)[ground], cell)  # item 39's texture ramp
+    paved_ids = np.array([c for c in ground_ids if c != terrain])
+    paved = paved_ids[real[ground][:, paved_ids].argmax(1)]
+    labels[ground] = np.where(rough > tau, terrain, paved)
+    return labels
+
+
 def score(predict: Callable[[np.ndarray, int], np.ndarray], scans: list[tuple[np.ndarray, np.ndarray]]) -> str:
     """One row: present-class mIoU, the target classes' IoU, and far paved ground called terrain."""
     labels = load_label_map()
@@ -115,9 +168,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--noise", nargs="*", type=float, default=[], metavar="CM", help="extra range noise, cm")
     parser.add_argument("--shuffle", nargs="*", type=int, default=[], metavar="W", help="ground remission windows")
     parser.add_argument("--scan-norms", nargs="*", type=float, default=[], metavar="A", help="share of trained stats")
+    parser.add_argument("--texture-terrain", nargs="*", default=[], metavar="CELL/TAU/NEAR", help="ground re-decided")
+    parser.add_argument("--sequence", help="only this sequence of --data (default: all)")
+    parser.add_argument("--every", type=int, default=1, help="every n-th scan (default 1)")
     args = parser.parse_args(argv)
     labels = load_label_map()
-    scans = [(points, labels.to_train(semantic)) for points, semantic in labelled_scans(args.data)]
+    if args.sequence:
+        sequence = Sequence(args.data, args.sequence)
+        frames = (sequence.frame(i) for i in range(0, len(sequence), args.every))
+        scans = [(frame.points, labels.to_train(frame.semantic)) for frame in frames]
+    else:
+        scans = [(points, labels.to_train(semantic)) for points, semantic in labelled_scans(args.data, args.every)]
     segmenter = Segmenter.from_checkpoint(args.checkpoint, "cpu")
 
     def changed(
@@ -143,6 +204,17 @@ def main(argv: list[str] | None = None) -> None:
             return Segmenter(scan_model, config, "cpu").predict(points).labels
 
         variants[f"scan norms {keep:g}"] = adapted
+    ground_ids = [labels.class_id(name) for name in GROUND_CLASSES]
+
+    def probability(points: np.ndarray) -> np.ndarray:
+        logits = segmenter.engine.run(segmenter.binning(segmenter.prepare(points)), logits=True).point_logits
+        return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
+
+    for setting in args.texture_terrain:
+        cell, tau, near = (float(v) for v in setting.split("/"))
+        variants[f"texture terrain {cell:g}/{tau:g}/{near:g}"] = lambda points, _, c=cell, t=tau, n=near: (
+            texture_terrain(points, probability(points), c, t, n, ground_ids, labels.class_id("terrain"))
+        )
     print(f"{args.checkpoint} on {len(scans)} scans of {args.data}")
     print(f"| input | present-class mIoU | {' | '.join(TARGETS)} | {' / '.join(PAVED)} 15–30 m called terrain |")
     print("|---|---|" + "---|" * len(TARGETS) + "---|")

@@ -4,7 +4,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.sensor_matching import adapted_to, with_ground_remission_shuffled, with_range_noise
+from bench.sensor_matching import (
+    adapted_to,
+    cell_means,
+    quiet_sensor,
+    texture_terrain,
+    with_ground_remission_shuffled,
+    with_range_noise,
+)
+from m2s_perception.texture import median_ring_step
 
 
 def test_range_noise_moves_points_along_their_rays_by_the_asked_spread():
@@ -71,3 +79,52 @@ def test_scan_norms_blend_the_trained_statistics_with_the_scans_own():
     assert not half.training and half.norm.momentum == model.norm.momentum
     torch.testing.assert_close(half.linear.weight, model.linear.weight)
     assert torch.all(model.norm.running_mean == 2.0) and torch.all(model.norm.running_var == 5.0)  # the model untouched
+
+
+def test_cell_means_average_within_each_square():
+    xy = np.array([[0.1, 0.1], [0.9, 0.5], [1.5, 0.2], [-0.5, 0.5]])
+    np.testing.assert_allclose(cell_means(xy, np.array([1.0, 3.0, 10.0, 7.0]), 1.0), [2.0, 2.0, 10.0, 7.0])
+
+
+def ground_rings(rough_noise: float, quiet_noise: float = 0.0005, seed: int = 4) -> np.ndarray:
+    """Flat ground 1.73 m below the sensor, rings 5–20 m, 0.2° apart in azimuth, in the sensor's order; each
+    range off by ``quiet_noise`` (relative), and by ``rough_noise`` 10–20 m away at azimuths 0–30°."""
+    rng = np.random.default_rng(seed)
+    distance, azimuth = np.meshgrid(np.arange(5.0, 21.0), np.radians(np.arange(0.0, 360.0, 0.2)), indexing="ij")
+    distance, azimuth = distance.ravel(), azimuth.ravel()
+    rough = (distance >= 10) & (azimuth < np.radians(30))
+    scale = 1 + rng.normal(0, np.where(rough, rough_noise, quiet_noise))
+    xyz = np.c_[distance * np.cos(azimuth), distance * np.sin(azimuth), np.full(len(distance), -1.73)] * scale[:, None]
+    return np.c_[xyz, np.full(len(distance), 0.3)].astype(np.float32)
+
+
+def test_ground_is_terrain_where_its_cells_read_rough_and_the_best_paved_class_elsewhere():
+    points = ground_rings(rough_noise=0.01)
+    azimuth = np.degrees(np.arctan2(points[:, 1], points[:, 0])) % 360
+    distance = np.hypot(points[:, 0], points[:, 1])
+    # classes: 0 unlabeled, 1 road, 2 sidewalk, 3 terrain, 4 building; every point sidewalk by its probability,
+    # but for some smooth ones called terrain (road their best paved class) and a building in the rough patch
+    probability = np.tile([0.5, 0.1, 0.3, 0.05, 0.05], (len(points), 1))
+    smooth_terrain = (distance > 14) & (azimuth > 180) & (azimuth < 190)
+    probability[smooth_terrain] = [0.0, 0.35, 0.2, 0.45, 0.0]
+    wall = (distance > 14) & (azimuth > 10) & (azimuth < 12)
+    probability[wall] = [0.0, 0.1, 0.1, 0.1, 0.7]
+
+    labels = texture_terrain(points, probability, 1.0, 0.5, 0.0, ground_ids=[1, 2, 3], terrain=3)
+    inside = (distance > 11.5) & (azimuth > 8) & (azimuth < 22) & ~wall  # cells wholly in the rough patch
+    assert np.all(labels[inside] == 3)
+    outside = (azimuth > 40) & (azimuth < 350) & ~smooth_terrain
+    assert np.all(labels[outside] == 2)
+    assert np.all(labels[smooth_terrain] == 1) and np.all(labels[wall] == 4)  # not ground: kept
+
+    beyond_near = texture_terrain(points, probability, 1.0, 0.5, 15.5, ground_ids=[1, 2, 3], terrain=3)
+    assert np.all(beyond_near[inside & (distance < 15)] == 2)  # nearer than NEAR: the network's label
+    assert np.all(beyond_near[inside & (distance > 16)] == 3)
+
+
+def test_a_noisy_sensor_keeps_the_networks_labels():
+    points = ground_rings(rough_noise=0.01, quiet_noise=0.004)  # ground steps ~0.45 %, above the 0.2 % gate
+    probability = np.tile([0.5, 0.1, 0.3, 0.05, 0.05], (len(points), 1))
+    assert not quiet_sensor(points, median_ring_step(points))
+    assert quiet_sensor(ground_rings(0.01), median_ring_step(ground_rings(0.01)))
+    np.testing.assert_array_equal(texture_terrain(points, probability, 1.0, 0.5, 0.0, [1, 2, 3], 3), 2)
