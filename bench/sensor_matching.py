@@ -15,11 +15,11 @@ changes the node could make to every scan, scored on labelled scans like ``m2s-e
   terrain, else the most probable other ground class (item 43; real paved ground reads smooth, grass rough).
 
 For each: present-class mIoU, the IoU of the issue's target classes, and how much of the paved ground
-15–30 m away is called terrain (docs/benchmarks.md "Sim-to-real", item 42), e.g.
+15–30 m away is called terrain (docs/benchmarks.md "Sim-to-real", items 42 and 43), e.g.
 
     .venv/bin/python -m bench.sensor_matching --checkpoint m2s_perception/weights/demo_student.pt \\
         --data ../shared/real/semantickitti --noise 1 2.5 4 --shuffle 8 32 --scan-norms 0 0.5
-    .venv/bin/python -m bench.sensor_matching --checkpoint m2s_perception/weights/demo_student.pt \
+    .venv/bin/python -m bench.sensor_matching --checkpoint m2s_perception/weights/demo_student.pt \\
         --data runs/synth_ptex --sequence 08 --texture-terrain 1/0.5/0 2/0.5/10
 
 Evaluation only: nothing here is chosen per scan or trained on the real scans.
@@ -40,7 +40,7 @@ from m2s_perception.checkpoint import load_model
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
 from m2s_perception.levelling import fit_ground
-from m2s_perception.texture import GROUND_INLIER, QUIET_FAR, QUIET_NEAR, median_ring_step, ramp
+from m2s_perception.texture import median_ring_step, plane_height, quiet_ground_step, ramp
 from m2s_training.data.semantic_kitti import Sequence, labelled_scans
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
@@ -95,15 +95,10 @@ def adapted_to(model: nn.Module, cloud: torch.Tensor, keep: float) -> nn.Module:
 
 
 def quiet_sensor(points: np.ndarray, step: np.ndarray) -> bool:
-    """Whether the median relative ring ``step`` of the scan's ground-plane returns 5–15 m away is at most
-    QUIET_BOUND (the measure of ``m2s_perception.texture.on_quiet_ground``)."""
+    """Whether the scan's sensor passes item 41's gate (``m2s_perception.texture``'s measure, QUIET_BOUND)."""
     fit = fit_ground(points)
-    if fit is None:
-        return False
-    height = np.abs(points[:, :3].astype(np.float64) @ fit.normal + fit.offset)
-    distance = np.hypot(points[:, 0], points[:, 1])
-    ground = (height < GROUND_INLIER) & (distance >= QUIET_NEAR) & (distance <= QUIET_FAR) & (step > 0)
-    return bool(ground.any()) and float(np.median(step[ground])) <= QUIET_BOUND
+    measured = None if fit is None else quiet_ground_step(points, step, plane_height(points, fit))
+    return measured is not None and measured <= QUIET_BOUND
 
 
 def cell_means(xy: np.ndarray, values: np.ndarray, cell: float) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from m2s_perception.levelling import fit_ground
+from m2s_perception.levelling import GroundFit, fit_ground
 
 MAX_AZIMUTH_GAP = np.radians(1.0)  # neighbours of one beam lie one azimuth step apart (0.08–0.4°)
 MAX_ELEVATION_GAP = np.radians(0.3)  # the HDL-64E's beams lie 0.33–0.5° apart
@@ -115,14 +115,26 @@ def on_quiet_ground(
     fit = fit_ground(points)
     if fit is None:
         return np.zeros_like(texture)
-    x, y, z = (np.asarray(points[:, i], np.float64) for i in range(3))
-    # column by column, not a matrix product (levelling.py says why: BLAS threads slow the network after it)
-    height = fit.normal[0] * x + fit.normal[1] * y + fit.normal[2] * z + fit.offset
+    height = plane_height(points, fit)
     if quiet_bound is not None:
-        distance = np.hypot(x, y)
-        ground = (np.abs(height) < GROUND_INLIER) & (distance >= QUIET_NEAR) & (distance <= QUIET_FAR) & (step > 0)
-        if not ground.any() or float(np.median(step[ground])) > quiet_bound:
+        quiet = quiet_ground_step(points, step, height)
+        if quiet is None or quiet > quiet_bound:
             return np.zeros_like(texture)
     if ground_band is not None:
         texture = np.where(np.abs(height) <= ground_band, texture, np.float32(0.0))
     return texture
+
+
+def plane_height(points: np.ndarray, fit: GroundFit) -> np.ndarray:
+    """(N,) float64 signed height of each point above the ground plane ``fit``."""
+    x, y, z = (np.asarray(points[:, i], np.float64) for i in range(3))
+    # column by column, not a matrix product (levelling.py says why: BLAS threads slow the network after it)
+    return fit.normal[0] * x + fit.normal[1] * y + fit.normal[2] * z + fit.offset
+
+
+def quiet_ground_step(points: np.ndarray, step: np.ndarray, height: np.ndarray) -> float | None:
+    """How quiet the scan's sensor is: the median relative ring ``step`` of its ground-plane returns (``height``
+    within GROUND_INLIER) QUIET_NEAR–QUIET_FAR m away; None where it has none."""
+    distance = np.hypot(np.asarray(points[:, 0], np.float64), np.asarray(points[:, 1], np.float64))
+    ground = (np.abs(height) < GROUND_INLIER) & (distance >= QUIET_NEAR) & (distance <= QUIET_FAR) & (step > 0)
+    return float(np.median(step[ground])) if ground.any() else None
