@@ -32,6 +32,7 @@ import torch
 
 from bench.ensemble_spread import log_probabilities, networks_of
 from bench.sim2real_nuscenes import read_sweep
+from bench.zero_counterfactual import PAVED, paved_called
 from m2s_perception.inference import labels_from_logits
 from m2s_perception.labels import LabelMap, load_label_map
 from m2s_training.data.semantic_kitti import Sequence, existing_split, write_prediction
@@ -39,7 +40,6 @@ from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
 GROUND = ("road", "parking", "sidewalk", "other-ground", "terrain")
 SHOWN = ("road", "sidewalk", "parking", "building", "vegetation", "car", "terrain", "pole", "traffic-sign", "trunk")
-PAVED = ("road", "sidewalk", "parking")
 
 
 def split_ground(decide: torch.Tensor, ground: torch.Tensor, ground_ids: list[int]) -> torch.Tensor:
@@ -71,18 +71,17 @@ def report(name: str, probabilities: list, targets: list, ranges: list, label_ma
     15-30 m away is called terrain (its share and point count)."""
     confusion = torch.zeros(label_map.num_classes, label_map.num_classes, dtype=torch.int64)
     terrain = label_map.class_id("terrain")
-    called, counted = dict.fromkeys(PAVED, 0), dict.fromkeys(PAVED, 0)
+    paved = np.zeros((len(PAVED), 2), np.int64)
     for probability, target, distance in zip(probabilities, targets, ranges, strict=True):
         labels = labels_of(probability)
         confusion += confusion_matrix(labels, target, label_map.num_classes)
-        band = torch.from_numpy((distance >= 15.0) & (distance < 30.0))
-        for c in PAVED:
-            here = band & (target == label_map.class_id(c))
-            called[c] += int((labels[here] == terrain).sum())
-            counted[c] += int(here.sum())
+        paved += paved_called(labels.numpy(), target.numpy(), distance, terrain)
     metrics = SegmentationMetrics.from_confusion(confusion)
     ious = " ".join(f"{c} {metrics.iou[label_map.class_id(c)]:.3f}" for c in SHOWN)
-    far = ", ".join(f"{c} {called[c] / max(counted[c], 1):.0%} ({called[c]:,})" for c in PAVED)
+    far = ", ".join(
+        f"{c} {called / max(counted, 1):.0%} ({called:,})"
+        for c, (counted, called) in zip(PAVED, paved.tolist(), strict=True)
+    )
     return f"{name}: present-class mIoU {metrics.present_miou:.4f}; {ious}\n  15-30 m called terrain: {far}"
 
 

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.ground_split import GROUND, labels_of
+from bench.zero_counterfactual import PAVED, paved_called
 from m2s_perception.checkpoint import load_model
 from m2s_perception.inference import Segmenter
 from m2s_perception.labels import load_label_map
@@ -45,10 +47,8 @@ from m2s_training.data.semantic_kitti import Sequence, labelled_scans
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
 GROUND_BAND = 0.3  # m from the fitted ground plane: what ``shuffle`` counts as ground
-GROUND_CLASSES = ("road", "parking", "sidewalk", "other-ground", "terrain")
 QUIET_BOUND = 0.002  # item 41's gate: the ground's median relative ring step of a quiet sensor (real HDL-64E 0.12 %)
 TARGETS = ("road", "sidewalk", "building", "vegetation", "car", "terrain")
-PAVED = ("road", "sidewalk", "parking")
 
 
 def with_range_noise(points: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -67,7 +67,7 @@ def with_ground_remission_shuffled(points: np.ndarray, window: int, rng: np.rand
     fit = fit_ground(points)
     if fit is None:
         return out
-    ground = np.flatnonzero(np.abs(points[:, :3] @ fit.normal + fit.offset) < GROUND_BAND)
+    ground = np.flatnonzero(np.abs(plane_height(points, fit)) < GROUND_BAND)
     source = ground.copy()
     for start in range(0, len(ground), window):
         source[start : start + window] = rng.permutation(ground[start : start + window])
@@ -119,16 +119,14 @@ def texture_terrain(
 ) -> np.ndarray:
     """Labels of (N, C) class ``probability`` with the ground re-decided by ring texture (the docstring's
     ``texture terrain``); the plain argmax where the sensor is not quiet."""
-    real = probability.copy()
-    real[:, 0] = 0.0  # never 'unlabeled'
-    labels = real.argmax(1)
+    labels = labels_of(torch.from_numpy(probability)).numpy()  # the node's rule: never 'unlabeled'
     step = median_ring_step(points)
     ground = np.isin(labels, ground_ids) & (np.hypot(points[:, 0], points[:, 1]) >= near)
     if not ground.any() or not quiet_sensor(points, step):
         return labels
     rough = cell_means(points[ground, :2], ramp(step, 0.003, 0.0015)[ground], cell)  # item 39's texture ramp
     paved_ids = np.array([c for c in ground_ids if c != terrain])
-    paved = paved_ids[real[ground][:, paved_ids].argmax(1)]
+    paved = paved_ids[probability[ground][:, paved_ids].argmax(1)]
     labels[ground] = np.where(rough > tau, terrain, paved)
     return labels
 
@@ -138,21 +136,16 @@ def score(predict: Callable[[np.ndarray, int], np.ndarray], scans: list[tuple[np
     labels = load_label_map()
     confusion = torch.zeros(labels.num_classes, labels.num_classes, dtype=torch.int64)
     terrain = labels.class_id("terrain")
-    far = {name: [0, 0] for name in PAVED}
+    far = np.zeros((len(PAVED), 2), np.int64)
     for index, (points, train) in enumerate(scans):
         predicted = predict(points, index)
         confusion += confusion_matrix(
             torch.from_numpy(predicted.astype(np.int64)), torch.from_numpy(train), len(confusion)
         )
-        distance = np.hypot(points[:, 0], points[:, 1])
-        band = (distance >= 15.0) & (distance < 30.0)
-        for name, counts in far.items():
-            chosen = band & (train == labels.class_id(name))
-            counts[0] += int(chosen.sum())
-            counts[1] += int((chosen & (predicted == terrain)).sum())
+        far += paved_called(predicted, train, np.hypot(points[:, 0], points[:, 1]), terrain)
     metrics = SegmentationMetrics.from_confusion(confusion)
     ious = " | ".join(f"{metrics.iou[labels.class_id(name)]:.3f}" for name in TARGETS)
-    called = " / ".join(f"{c / max(1, n):.2f}" for n, c in far.values())
+    called = " / ".join(f"{c / max(1, n):.2f}" for n, c in far.tolist())
     return f"{metrics.present_miou:.4f} | {ious} | {called}"
 
 
@@ -194,12 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     for keep in args.scan_norms:
 
         def adapted(points: np.ndarray, _index: int, keep: float = keep) -> np.ndarray:
-            cloud = segmenter.prepare(points)
-            scan_model = adapted_to(model, torch.from_numpy(cloud), keep)
-            return Segmenter(scan_model, config, "cpu").predict(points).labels
+            cloud = segmenter.prepare(points)  # prepared once: the adaptation and the labels see the same input
+            scan = Segmenter(adapted_to(model, torch.from_numpy(cloud), keep), config, "cpu")
+            return scan.engine.run(scan.binning(cloud), logits=False).labels
 
         variants[f"scan norms {keep:g}"] = adapted
-    ground_ids = [labels.class_id(name) for name in GROUND_CLASSES]
+    ground_ids = [labels.class_id(name) for name in GROUND]
 
     def probability(points: np.ndarray) -> np.ndarray:
         logits = segmenter.engine.run(segmenter.binning(segmenter.prepare(points)), logits=True).point_logits
