@@ -14,7 +14,8 @@ nothing else. After writing, the command runs the file in ONNX Runtime on real-s
 prints how far it is from the torch network (the training ``PolarNet``) it came from, on rings of
 points spread over the grid (``--points``) and on any SemanticKITTI ``.bin`` scans given (``--scan``).
 
-The Cylinder3D backbone is not exportable: its sparse convolutions (spconv) have no ONNX form.
+The Cylinder3D backbone is not exportable: its sparse convolutions (spconv) have no ONNX form; nor,
+yet, is the range-view backbone (no fused network or binning outside the graph has been written for it).
 """
 
 from __future__ import annotations
@@ -48,14 +49,19 @@ class ExportError(ValueError):
     """A model that cannot become an ONNX file; the message says why."""
 
 
+NOT_EXPORTABLE = {
+    "cylinder": "its sparse 3D convolutions (spconv) have no ONNX form. Only polar checkpoints export; "
+    "run this one with backend 'torch'.",
+    "range": "no ONNX form has been written for the range view yet. Only polar checkpoints export; "
+    "run this one with backend 'torch'.",
+}
+
+
 def fused_network(
     model: torch.nn.Module, config: ModelConfig, pooling: str = "elements"
 ) -> FusedPolarNet | FusedPolarEnsemble:
     if config.backbone != "polar":
-        raise ExportError(
-            f"the {config.backbone!r} backbone cannot be exported: its sparse 3D convolutions (spconv) have "
-            "no ONNX form. Only polar checkpoints export; run this one with backend 'torch'."
-        )
+        raise ExportError(f"the {config.backbone!r} backbone cannot be exported: {NOT_EXPORTABLE[config.backbone]}")
     return fuse_polar(model.eval(), pooling).cpu().eval()
 
 

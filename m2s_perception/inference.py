@@ -3,7 +3,7 @@
 The node, ``m2s-eval`` and ``m2s-bag evaluate`` all call ``Segmenter.predict``, so they agree.
 A polar model runs as ``FusedPolarNet`` (BatchNorm folded) on numpy binning, through the engine
 ``backend`` names: ``torch``, ``onnxruntime`` or ``openvino`` (m2s_perception/backends.py). The
-cylinder backbone runs its training network in torch (it has no ONNX form).
+cylinder and range-view backbones run their training network in torch (they have no ONNX form).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Segmenter:
             if backend != "torch":
                 raise ValueError(
                     f"backend {backend!r} needs a polar model; the {config.backbone!r} backbone "
-                    "(spconv sparse convolutions) has no ONNX form: use backend 'torch'"
+                    "has no ONNX form: use backend 'torch'"
                 )
             self.model.to(self.device)
             self.engine = None

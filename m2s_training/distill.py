@@ -320,7 +320,7 @@ def feature_widths(model: nn.Module, device: torch.device) -> dict[str, int]:
 
 def check_same_grid(teacher: ModelConfig, student: ModelConfig) -> None:
     """Voxel matching needs one grid; the backbones may differ only in width."""
-    for key in ("backbone", "grid_size", "rho_range", "z_range", "num_classes"):
+    for key in ("backbone", "grid_size", "rho_range", "z_range", "image_size", "elevation_range", "num_classes"):
         if getattr(teacher, key) != getattr(student, key):
             raise ValueError(
                 f"teacher and student differ in {key}: {getattr(teacher, key)} vs {getattr(student, key)}; "

@@ -187,7 +187,9 @@ def test_unexportable_and_unknown_choices_fail_clearly(tmp_path):
 
     with pytest.raises(ExportError, match=r"cylinder.*cannot be exported.*spconv"):
         fused_network(torch.nn.Identity(), ModelConfig(backbone="cylinder"))
-    with pytest.raises(ValueError, match=r"spconv.*use backend 'torch'"):
+    with pytest.raises(ExportError, match=r"range.*cannot be exported.*no ONNX form"):
+        fused_network(torch.nn.Identity(), ModelConfig(backbone="range"))
+    with pytest.raises(ValueError, match=r"cylinder.*no ONNX form: use backend 'torch'"):
         Segmenter(torch.nn.Identity(), ModelConfig(backbone="cylinder"), "cpu", backend="onnxruntime")
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
         Segmenter(trained_like(CONFIG), CONFIG, "cpu", backend="tensorflow")

@@ -191,7 +191,7 @@ def test_config_rejects_unknown_keys_and_round_trips(tmp_path):
         ModelConfig(backbone="pointnet")
 
 
-@pytest.mark.parametrize("name", ["model_polar.yaml", "model_cylinder.yaml"])
+@pytest.mark.parametrize("name", ["model_polar.yaml", "model_cylinder.yaml", "model_range.yaml"])
 def test_shipped_configs_load(name: str):
     from m2s_perception.resources import share_file
 

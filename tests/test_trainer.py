@@ -109,6 +109,16 @@ def test_cylinder_loss_falls(synth, tmp_path):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_range_view_loss_falls_and_its_checkpoint_labels_scans(synth, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config("range", train__max_steps=20, model__image_size=(16, 128), model__levels=3)
+    Trainer(config, synth, out, device="cpu").fit()
+    losses = train_losses(out)
+    assert losses[-1] < 0.8 * losses[0], losses
+    prediction = Segmenter.from_checkpoint(out / "final.pt", "cpu").predict(np.ones((5, 4), np.float32))
+    assert prediction.labels.shape == (5,) and prediction.labels.min() >= 1
+
+
 def test_resume_continues_exactly(synth, tmp_path):
     config = dataclasses.replace(tiny_config(train__max_steps=6), augment=AugmentConfig())
     straight = Trainer(config, synth, tmp_path / "straight", device="cpu")

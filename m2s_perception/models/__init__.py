@@ -17,12 +17,12 @@ from torch import Tensor, nn
 
 from m2s_perception.typed_config import from_dict, to_dict
 
-BACKBONES = ("polar", "cylinder")
+BACKBONES = ("polar", "cylinder", "range")
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "polar"  # "polar" | "cylinder"
+    backbone: str = "polar"  # "polar" | "cylinder" | "range"
     width: float = 1.0  # channel multiplier: teacher 1.0, student e.g. 0.5
     num_classes: int = 20
     # Cylindrical grid (both backbones): bins along rho, phi and z; points outside the ranges are
@@ -33,6 +33,10 @@ class ModelConfig:
     point_channels: tuple[int, ...] = (64, 128, 256)  # point MLP widths at width 1.0
     base_channels: int = 32  # first grid-network level at width 1.0; doubles per level
     levels: int = 4  # resolution levels of the U-Net (polar) / sparse encoder (cylinder)
+    # Range view (backbone "range"): a spherical image of rows (elevation) x columns (azimuth) and the
+    # elevations (degrees) its rows span; the HDL-64E's beams lie within +2 ... -24.8 degrees.
+    image_size: tuple[int, int] = (64, 1024)
+    elevation_range: tuple[float, float] = (-25.0, 3.0)
     circular_phi: bool = True  # polar: pad the phi axis circularly (the grid wraps at ±π)
     # A point branch (PVKD), both backbones: per-point logits from each point's own features and its
     # voxel's decoder feature, added to the voxel logits. Off: every point copies its voxel's logits.
@@ -63,13 +67,17 @@ class ModelConfig:
         self.rho_range = tuple(float(v) for v in self.rho_range)
         self.z_range = tuple(float(v) for v in self.z_range)
         self.point_channels = tuple(int(v) for v in self.point_channels)
+        self.image_size = tuple(int(v) for v in self.image_size)
+        self.elevation_range = tuple(float(v) for v in self.elevation_range)
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
         if self.width <= 0:
             raise ValueError(f"width must be positive, got {self.width}")
         if len(self.grid_size) != 3 or min(self.grid_size) < 1:
             raise ValueError(f"grid_size must be three positive bin counts (rho, phi, z), got {self.grid_size}")
-        for name in ("rho_range", "z_range"):
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"image_size must be two positive counts (rows, columns), got {self.image_size}")
+        for name in ("rho_range", "z_range", "elevation_range"):
             low, high = getattr(self, name)
             if not low < high:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {(low, high)}")
@@ -163,6 +171,10 @@ def build_model(config: ModelConfig) -> nn.Module:
         from m2s_perception.models.cylinder import Cylinder3D
 
         return Cylinder3D(config)
+    if config.backbone == "range":
+        from m2s_perception.models.range_view import RangeNet
+
+        return RangeNet(config)
     raise ValueError(f"unknown backbone {config.backbone!r}; expected one of {', '.join(BACKBONES)}")
 
 
