@@ -119,3 +119,30 @@ def test_cross_pools_need_only_half_an_ensemble_each(tmp_path, monkeypatch, caps
     monkeypatch.setattr(sys, "argv", [*argv, "--pool", "a", str(a), "--pool", "b", str(b)])  # no --cross: 2 each
     with pytest.raises(SystemExit, match="fewer than the 2 an ensemble takes"):
         spread.main()
+
+
+def test_a_range_view_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypatch, capsys):
+    """--check on a backbone with no engine (the range view runs its torch network): the script's figure
+    equals m2s-eval's."""
+    import sys
+
+    from test_range_view import SMALL
+
+    import bench.ensemble_spread as spread
+    from m2s_perception.models import ModelConfig, build_model
+    from m2s_training.checkpoint import save_checkpoint
+    from m2s_training.evaluate import main as m2s_eval
+    from m2s_training.synth import generate
+
+    generate(tmp_path / "data", ["08"], preset="tiny", scans=2, seed=3)
+    config = ModelConfig(width=0.5, **SMALL)
+    torch.manual_seed(4)
+    checkpoint, out = tmp_path / "range.pt", tmp_path / "eval"
+    save_checkpoint(checkpoint, build_model(config), config)
+    data = str(tmp_path / "data")
+    m2s_eval(["--checkpoint", str(checkpoint), "--data", data, "--split", "all", "--out", str(out), "--device", "cpu"])
+    argv = ["ensemble_spread", "--data", data, "--size", "1", "--check", f"{checkpoint}={out}"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--pool", "range", str(checkpoint)])
+    spread.main()
+    printed = capsys.readouterr().out
+    assert f"check {checkpoint}" in printed and "range: 1 networks, alone" in printed
