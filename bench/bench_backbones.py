@@ -1,6 +1,7 @@
 """Forward latency per scan of each backbone (teacher vs student), then of the inference engines.
 
-    .venv/bin/python bench/bench_backbones.py [--points 120000] [--repeats 5] [--device cpu cuda]
+    .venv/bin/python bench/bench_backbones.py [--points 120000] [--repeats 5] [--device cpu cuda] \
+        [--backbones polar cylinder range]
     .venv/bin/python bench/bench_backbones.py --backbones --backends torch onnxruntime openvino \
         [--threads 2] [--checkpoint m2s_perception/weights/demo_student.pt [OTHER.pt ...]] [--real ../shared/real]
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -67,7 +69,9 @@ class Measurement:
 
 def measure(backbone: str, width: float, device: torch.device, cloud: torch.Tensor, repeats: int) -> Measurement:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, width=width)).to(device).eval()
+    # the backbone's config file (config/model_<backbone>.yaml) at this width
+    config = dataclasses.replace(ModelConfig.from_yaml(REPO / f"config/model_{backbone}.yaml"), width=width)
+    model = build_model(config).to(device).eval()
     batch_index = torch.zeros(len(cloud), dtype=torch.long, device=device)
     fp16 = device.type == "cuda"
     times = []
