@@ -19,7 +19,7 @@ from m2s_perception.backends import BACKENDS, OnnxRuntimeBackend, OpenVinoBacken
 from m2s_perception.binning import PolarBinning
 from m2s_perception.checkpoint import CheckpointError, load_model, resolve_device
 from m2s_perception.labels import LabelMap, load_label_map
-from m2s_perception.levelling import level
+from m2s_perception.levelling import GroundFit, fit_ground, level_on
 from m2s_perception.models import ModelConfig
 from m2s_perception.models.ensemble import first_members
 from m2s_perception.models.polar_fused import fuse_polar, labels_and_confidence
@@ -164,9 +164,12 @@ class Segmenter:
         return Prediction(labels.to(torch.uint8).cpu().numpy(), confidence.cpu().numpy().astype(np.float32))
 
     def prepare(self, points: np.ndarray, ring: np.ndarray | None = None) -> np.ndarray:
-        """Checked (N, 4) ``points`` as the network gets them: ``network_input``, then levelled."""
-        points = network_input(points, self.config, ring)
-        return level(points) if self.level_ground else points
+        """Checked (N, 4) ``points`` as the network gets them: ``network_input``, then levelled. The ground
+        plane is fitted once, for the levelling and for a texture gated on it alike."""
+        if not self.level_ground:
+            return network_input(points, self.config, ring)
+        ground = fit_ground(points)  # from x, y, z only: what network_input adds or rescales does not move it
+        return level_on(network_input(points, self.config, ring, ground), ground)
 
     def warmup(self, num_points: int = 20000, seed: int = 0) -> None:
         """One forward on a synthetic ring of points: pays CUDA context / kernel selection up front."""
@@ -180,10 +183,13 @@ class Segmenter:
             torch.cuda.synchronize(self.device)
 
 
-def network_input(points: np.ndarray, config: ModelConfig, ring: np.ndarray | None = None) -> np.ndarray:
+def network_input(
+    points: np.ndarray, config: ModelConfig, ring: np.ndarray | None = None, ground: GroundFit | None = None
+) -> np.ndarray:
     """(N, 4) ``points`` in the sensor's order with what ``config``'s model eats besides them: the
     surface texture where it eats one (from the points in the sensor's order, before anything moves
-    them) and remission on its scale where it has one. Levelling is the Segmenter's choice, not here."""
+    them) and remission on its scale where it has one. Levelling is the Segmenter's choice, not here.
+    ``ground``: the scan's ground plane where the caller has fitted it (None: fitted here if needed)."""
     if config.remission_reference is not None:
         points = scale_remission(points, config.remission_reference)
     if config.uses_texture:
@@ -194,6 +200,7 @@ def network_input(points: np.ndarray, config: ModelConfig, ring: np.ndarray | No
             config.texture_floor,
             config.texture_ground_band,
             config.texture_quiet_bound,
+            ground,
         )
     return points
 

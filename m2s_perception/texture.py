@@ -91,6 +91,7 @@ def with_texture(
     smooth_step: float = 0.0,
     ground_band: float | None = None,
     quiet_bound: float | None = None,
+    ground: GroundFit | None = None,
 ) -> np.ndarray:
     """(N, 4) x, y, z, remission → (N, 5) with ``ring_texture`` as the last column.
 
@@ -99,20 +100,26 @@ def with_texture(
     (students that saw it everywhere lost the real traffic signs: docs/benchmarks.md "Sim-to-real",
     items 15-16). ``quiet_bound``: the scan's sensor must be quiet enough for the texture to mean
     anything: where the median relative step of its own ground 5-15 m away exceeds this, the whole
-    column is 0 (a sensor with 2.5 cm range noise makes pavement as rough as grass: items 39-40)."""
+    column is 0 (a sensor with 2.5 cm range noise makes pavement as rough as grass: items 39-40).
+    ``ground``: the scan's plane where the caller has fitted it already (None: fitted here when needed)."""
     step = median_ring_step(points, ring)
     texture = ramp(step, rough_step, smooth_step)
     if ground_band is not None or quiet_bound is not None:
-        texture = on_quiet_ground(points, step, texture, ground_band, quiet_bound)
+        texture = on_quiet_ground(points, step, texture, ground_band, quiet_bound, ground)
     return np.concatenate([points[:, :4], texture[:, None]], axis=1).astype(np.float32, copy=False)
 
 
 def on_quiet_ground(
-    points: np.ndarray, step: np.ndarray, texture: np.ndarray, ground_band: float | None, quiet_bound: float | None
+    points: np.ndarray,
+    step: np.ndarray,
+    texture: np.ndarray,
+    ground_band: float | None,
+    quiet_bound: float | None,
+    ground: GroundFit | None = None,
 ) -> np.ndarray:
     """``texture`` kept only near the ground plane (``ground_band``) of a scan from a quiet sensor
-    (``quiet_bound``); all 0 where no ground plane is found."""
-    fit = fit_ground(points)
+    (``quiet_bound``); all 0 where no ground plane is found. ``ground``: that plane, if already fitted."""
+    fit = ground if ground is not None else fit_ground(points)
     if fit is None:
         return np.zeros_like(texture)
     height = plane_height(points, fit)

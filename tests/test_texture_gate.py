@@ -99,3 +99,32 @@ def test_the_model_config_the_node_and_the_dataset_give_the_same_gated_texture(t
     for bad in ({"texture_ground_band": 0.4}, {"texture_step": ROUGH, "texture_quiet_bound": 0.0}):
         with pytest.raises(ValueError, match="must be null, or positive with texture_step set"):
             ModelConfig(**bad)
+
+
+def test_a_levelling_segmenter_fits_the_ground_once_and_prepares_as_before(monkeypatch):
+    """The gated texture and the levelling need the same plane: Segmenter.prepare fits it once, and gives the
+    points the two steps gave when each fitted its own (tilted scan, so the levelling moves every point)."""
+    import m2s_perception.inference as inference
+    import m2s_perception.texture as texture
+    from m2s_perception.levelling import fit_ground, level
+    from m2s_perception.models import build_model
+
+    config = ModelConfig(texture_step=ROUGH, texture_floor=FLOOR, texture_ground_band=0.4, texture_quiet_bound=0.002)
+    points, _, _ = scan(ground_epsilon=0.0005)
+    tilt = np.radians(2.0)  # about the x axis
+    y, z = points[:, 1].copy(), points[:, 2].copy()
+    points[:, 1], points[:, 2] = np.cos(tilt) * y - np.sin(tilt) * z, np.sin(tilt) * y + np.cos(tilt) * z
+    before = level(with_texture(points, ROUGH, None, FLOOR, 0.4, 0.002))  # each step its own fit
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fit_ground(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "fit_ground", counted)
+    monkeypatch.setattr(texture, "fit_ground", counted)
+    prepared = inference.Segmenter(build_model(config), config, "cpu").prepare(points)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(prepared, before)
+    assert np.abs(prepared[:, 2] - points[:, 2]).max() > 0.1  # levelled indeed
+    assert prepared[:, 4].max() == 1.0  # the gate is open: the rough patch kept its texture
