@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import Tensor, nn
 
@@ -143,10 +144,22 @@ class ModelOutput:
 
     @classmethod
     def from_voxels(
-        cls, voxel_logits: Tensor, voxel_coords: Tensor, point_to_voxel: Tensor, point_features: dict[str, Tensor]
+        cls,
+        voxel_logits: Tensor,
+        voxel_coords: Tensor,
+        point_to_voxel: Tensor,
+        point_features: dict[str, Tensor],
+        point_head: nn.Module | None = None,
+        decoder: str = "",
     ) -> ModelOutput:
-        """The output of a backbone that predicts per voxel: every point gets its voxel's logits."""
-        return cls(voxel_logits[point_to_voxel], voxel_logits, voxel_coords, point_to_voxel, point_features)
+        """The output of a backbone that predicts per voxel: every point gets its voxel's logits, plus, with
+        the point branch (``point_head``), a correction of its own from its ``point_mlp`` feature and its
+        voxel's ``decoder`` feature (both from ``point_features``)."""
+        point_logits = voxel_logits[point_to_voxel]
+        if point_head is not None:
+            own = torch.cat([point_features["point_mlp"], point_features[decoder]], dim=1)
+            point_logits = point_logits + point_head(own)
+        return cls(point_logits, voxel_logits, voxel_coords, point_to_voxel, point_features)
 
 
 def point_head(config: ModelConfig, in_channels: int) -> nn.Module | None:

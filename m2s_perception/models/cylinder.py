@@ -153,11 +153,9 @@ class Cylinder3D(nn.Module):
             "sparse_encoder": _coarse_features(bottleneck, voxel_coords, len(self.downs))[point_to_voxel],
             "sparse_decoder": x.features[point_to_voxel],
         }
-        if self.point_head is None:
-            return ModelOutput.from_voxels(voxel_logits, voxel_coords, point_to_voxel, features)
-        correction = self.point_head(torch.cat([point_features, features["sparse_decoder"]], dim=1))
-        point_logits = voxel_logits[point_to_voxel] + correction
-        return ModelOutput(point_logits, voxel_logits, voxel_coords, point_to_voxel, features)
+        return ModelOutput.from_voxels(
+            voxel_logits, voxel_coords, point_to_voxel, features, self.point_head, "sparse_decoder"
+        )
 
     def _sparse_unet(self, x):
         """Return the bottleneck, the last decoder level and the voxel logits."""

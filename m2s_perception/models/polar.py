@@ -67,6 +67,20 @@ class UNet2d(nn.Module):
         """Return (bottleneck, last decoder map)."""
         return run_unet(self.encoders, self.decoders, x)
 
+    def at_cells(
+        self, cell_features: Tensor, cells: Tensor, shape: tuple[int, int, int]
+    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """The U-Net over a map of ``shape`` (batch, rows, columns) that holds ``cell_features`` at the
+        occupied ``cells`` (row-major linear indices) and zeros elsewhere. Returns each cell's (batch, row,
+        column) and its bottleneck and last decoder features, (U, C) each."""
+        batch_size, rows, columns = shape
+        grid = cell_features.new_zeros((batch_size * rows * columns, cell_features.shape[1]))
+        grid[cells] = cell_features
+        bottleneck, decoded = self(grid.view(batch_size, rows, columns, -1).permute(0, 3, 1, 2))
+        b, row, column = unravel_index(cells, shape)
+        stride = 2 ** (len(self.encoders) - 1)  # ceil-mode 2×2 pooling per level: cell i lands in i // stride
+        return (b, row, column), bottleneck[b, :, row // stride, column // stride], decoded[b, :, row, column]
+
 
 def run_unet(encoders: nn.ModuleList, decoders: nn.ModuleList, x: Tensor) -> tuple[Tensor, Tensor]:
     """(bottleneck, last decoder map): encoders with 2×2 ceil-mode pooling between levels, then
@@ -114,15 +128,9 @@ class PolarNet(nn.Module):
 
         point_features = self.point_encoder(location.features)
         cell_features = self.compress(segment_max(point_features, point_to_cell, len(cells)))
-        bev = cell_features.new_zeros((batch_size * rho_bins * phi_bins, cell_features.shape[1]))
-        bev[cells] = cell_features
-        bev = bev.view(batch_size, rho_bins, phi_bins, -1).permute(0, 3, 1, 2)
-
-        bottleneck, decoded = self.unet(bev)
-        cell_b, cell_i, cell_j = unravel_index(cells, bev_shape)
-        decoded_at_cells = decoded[cell_b, :, cell_i, cell_j]  # (U, C)
-        stride = 2 ** (self.config.levels - 1)  # ceil-mode 2×2 pooling per level: cell i lands in i // stride
-        bottleneck_at_cells = bottleneck[cell_b, :, cell_i // stride, cell_j // stride]
+        (cell_b, cell_i, cell_j), bottleneck_at_cells, decoded_at_cells = self.unet.at_cells(
+            cell_features, cells, bev_shape
+        )
         cell_logits = self.head(decoded_at_cells).view(len(cells), height_bins, -1)
 
         voxels, point_to_voxel = occupied_cells((point_to_cell, k), (len(cells), height_bins))
@@ -134,8 +142,6 @@ class PolarNet(nn.Module):
             "bev_encoder": bottleneck_at_cells[point_to_cell],
             "bev_decoder": decoded_at_cells[point_to_cell],
         }
-        if self.point_head is None:
-            return ModelOutput.from_voxels(voxel_logits, voxel_coords, point_to_voxel, features)
-        correction = self.point_head(torch.cat([point_features, features["bev_decoder"]], dim=1))
-        point_logits = voxel_logits[point_to_voxel] + correction
-        return ModelOutput(point_logits, voxel_logits, voxel_coords, point_to_voxel, features)
+        return ModelOutput.from_voxels(
+            voxel_logits, voxel_coords, point_to_voxel, features, self.point_head, "bev_decoder"
+        )

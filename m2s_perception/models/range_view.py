@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from m2s_perception.models import ModelConfig, ModelOutput, point_head
-from m2s_perception.models.grid import PointEncoder, model_columns, occupied_cells, segment_max, unravel_index
+from m2s_perception.models.grid import PointEncoder, model_columns, occupied_cells, segment_max
 from m2s_perception.models.polar import UNet2d
 
 IMAGE_FEATURES = 7  # x, y, z, distance, remission, offset to the pixel centre (row, column)
@@ -71,15 +71,9 @@ class RangeNet(nn.Module):
 
         point_features = self.point_encoder(features)
         pixel_features = self.compress(segment_max(point_features, point_to_pixel, len(pixels)))
-        image = pixel_features.new_zeros((batch_size * rows * columns, pixel_features.shape[1]))
-        image[pixels] = pixel_features
-        image = image.view(batch_size, rows, columns, -1).permute(0, 3, 1, 2)
-
-        bottleneck, decoded = self.unet(image)
-        pixel_b, pixel_row, pixel_column = unravel_index(pixels, shape)
-        decoded_at_pixels = decoded[pixel_b, :, pixel_row, pixel_column]
-        stride = 2 ** (self.config.levels - 1)
-        bottleneck_at_pixels = bottleneck[pixel_b, :, pixel_row // stride, pixel_column // stride]
+        (pixel_b, pixel_row, pixel_column), bottleneck_at_pixels, decoded_at_pixels = self.unet.at_cells(
+            pixel_features, pixels, shape
+        )
         pixel_logits = self.head(decoded_at_pixels)
         # voxel coordinates as the other backbones give them: batch, row, column, one height bin
         coords = torch.stack([pixel_b, pixel_row, pixel_column, torch.zeros_like(pixel_b)], dim=1)
@@ -88,7 +82,4 @@ class RangeNet(nn.Module):
             "bev_encoder": bottleneck_at_pixels[point_to_pixel],
             "bev_decoder": decoded_at_pixels[point_to_pixel],
         }
-        if self.point_head is None:
-            return ModelOutput.from_voxels(pixel_logits, coords, point_to_pixel, features)
-        correction = self.point_head(torch.cat([point_features, features["bev_decoder"]], dim=1))
-        return ModelOutput(pixel_logits[point_to_pixel] + correction, pixel_logits, coords, point_to_pixel, features)
+        return ModelOutput.from_voxels(pixel_logits, coords, point_to_pixel, features, self.point_head, "bev_decoder")
