@@ -68,15 +68,8 @@ def networks_of(path: Path, level_ground: bool = True) -> list[Segmenter]:
 
 
 def log_probabilities(segmenter: Segmenter, points: np.ndarray) -> torch.Tensor:
-    """(N, C) float32 log-softmax of one network's point logits (``points`` prepared), through the node's
-    engine; a backbone without one (cylinder, range view) runs its network in torch, as the node does."""
-    if segmenter.engine is None:
-        cloud = torch.from_numpy(points).to(segmenter.device)
-        with torch.inference_mode():
-            logits = segmenter.model(cloud, torch.zeros(len(cloud), dtype=torch.long, device=cloud.device), 1)
-        return torch.log_softmax(logits.point_logits.float().cpu(), dim=1)
-    logits = segmenter.engine.run(segmenter.binning(points), logits=True).point_logits
-    return torch.log_softmax(torch.from_numpy(logits).float(), dim=1)
+    """(N, C) float32 log-softmax of one network's point logits (``points`` prepared), as the node runs it."""
+    return torch.log_softmax(torch.from_numpy(segmenter.point_logits(points)), dim=1)
 
 
 def ensemble_labels(members: list[torch.Tensor]) -> torch.Tensor:

@@ -195,8 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     ground_ids = [labels.class_id(name) for name in GROUND]
 
     def probability(points: np.ndarray) -> np.ndarray:
-        logits = segmenter.engine.run(segmenter.binning(segmenter.prepare(points)), logits=True).point_logits
-        return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
+        return torch.softmax(torch.from_numpy(segmenter.point_logits(segmenter.prepare(points))), dim=1).numpy()
 
     for setting in args.texture_terrain:
         cell, tau, near = (float(v) for v in setting.split("/"))

@@ -156,12 +156,21 @@ class Segmenter:
         if self.engine is not None:
             out = self.engine.run(self.binning(points), logits=False)
             return Prediction(out.labels.astype(np.uint8), out.confidence.astype(np.float32, copy=False))
-        cloud = torch.from_numpy(points).to(self.device, non_blocking=True)
+        labels, confidence = labels_from_logits(self._network_logits(points))  # in float32 (it casts)
+        return Prediction(labels.to(torch.uint8).cpu().numpy(), confidence.cpu().numpy().astype(np.float32))
+
+    def point_logits(self, prepared: np.ndarray) -> np.ndarray:
+        """(N, C) float32 logits of points already through ``prepare``, from the engine ``predict`` runs."""
+        if self.engine is not None:
+            return self.engine.run(self.binning(prepared), logits=True).point_logits.astype(np.float32, copy=False)
+        return self._network_logits(prepared).float().cpu().numpy()
+
+    def _network_logits(self, prepared: np.ndarray) -> torch.Tensor:
+        """The training network's point logits (backbones without an engine: cylinder, range view)."""
+        cloud = torch.from_numpy(prepared).to(self.device, non_blocking=True)
         batch_index = torch.zeros(len(cloud), dtype=torch.long, device=self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, torch.float16, enabled=self.fp16):
-            output = self.model(cloud, batch_index, 1)
-            labels, confidence = labels_from_logits(output.point_logits)
-        return Prediction(labels.to(torch.uint8).cpu().numpy(), confidence.cpu().numpy().astype(np.float32))
+            return self.model(cloud, batch_index, 1).point_logits
 
     def prepare(self, points: np.ndarray, ring: np.ndarray | None = None) -> np.ndarray:
         """Checked (N, 4) ``points`` as the network gets them: ``network_input``, then levelled. The ground
