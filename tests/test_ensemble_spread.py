@@ -60,13 +60,10 @@ def test_views_mirror_then_rotate_and_keep_remission():
     assert all(views[0] == (False, 0.0) for views in VIEWS.values())
 
 
-def test_a_texture_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypatch, capsys):
-    """--check: the script's figure for a network with the surface texture input equals m2s-eval's, and
-    it would not if the script fed that network no texture (the check fails then)."""
+def checked_against_m2s_eval(tmp_path, monkeypatch, capsys, model, config, name: str) -> str:
+    """``model`` saved as a checkpoint, scored by m2s-eval on two tiny synthetic scans, then re-scored by this
+    script with ``--check`` as pool ``name`` (``sys.argv`` stays set for another ``main()``); what it printed."""
     import sys
-
-    from test_export import trained_like
-    from test_texture import CONFIG
 
     import bench.ensemble_spread as spread
     from m2s_training.checkpoint import save_checkpoint
@@ -74,15 +71,27 @@ def test_a_texture_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypat
     from m2s_training.synth import generate
 
     generate(tmp_path / "data", ["08"], preset="tiny", scans=2, seed=3)
-    checkpoint, out = tmp_path / "texture.pt", tmp_path / "eval"
-    save_checkpoint(checkpoint, trained_like(CONFIG, seed=6), CONFIG)
+    checkpoint, out = tmp_path / f"{name}.pt", tmp_path / "eval"
+    save_checkpoint(checkpoint, model, config)
     data = str(tmp_path / "data")
     m2s_eval(["--checkpoint", str(checkpoint), "--data", data, "--split", "all", "--out", str(out), "--device", "cpu"])
     argv = ["ensemble_spread", "--data", data, "--size", "1", "--check", f"{checkpoint}={out}"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--pool", "texture", str(checkpoint)])
+    monkeypatch.setattr(sys, "argv", [*argv, "--pool", name, str(checkpoint)])
     spread.main()
     printed = capsys.readouterr().out
     assert f"check {checkpoint}" in printed
+    return printed
+
+
+def test_a_texture_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypatch, capsys):
+    """--check: the script's figure for a network with the surface texture input equals m2s-eval's, and
+    it would not if the script fed that network no texture (the check fails then)."""
+    from test_export import trained_like
+    from test_texture import CONFIG
+
+    import bench.ensemble_spread as spread
+
+    printed = checked_against_m2s_eval(tmp_path, monkeypatch, capsys, trained_like(CONFIG, seed=6), CONFIG, "texture")
     assert "texture: 1 networks, alone" in printed and "nan" not in printed  # one network: no spread to print
 
     def smooth_everywhere(points, *_args):
@@ -124,25 +133,11 @@ def test_cross_pools_need_only_half_an_ensemble_each(tmp_path, monkeypatch, caps
 def test_a_range_view_network_is_rescored_as_m2s_eval_scores_it(tmp_path, monkeypatch, capsys):
     """--check on a backbone with no engine (the range view runs its torch network): the script's figure
     equals m2s-eval's."""
-    import sys
-
     from test_range_view import SMALL
 
-    import bench.ensemble_spread as spread
     from m2s_perception.models import ModelConfig, build_model
-    from m2s_training.checkpoint import save_checkpoint
-    from m2s_training.evaluate import main as m2s_eval
-    from m2s_training.synth import generate
 
-    generate(tmp_path / "data", ["08"], preset="tiny", scans=2, seed=3)
     config = ModelConfig(width=0.5, **SMALL)
     torch.manual_seed(4)
-    checkpoint, out = tmp_path / "range.pt", tmp_path / "eval"
-    save_checkpoint(checkpoint, build_model(config), config)
-    data = str(tmp_path / "data")
-    m2s_eval(["--checkpoint", str(checkpoint), "--data", data, "--split", "all", "--out", str(out), "--device", "cpu"])
-    argv = ["ensemble_spread", "--data", data, "--size", "1", "--check", f"{checkpoint}={out}"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--pool", "range", str(checkpoint)])
-    spread.main()
-    printed = capsys.readouterr().out
-    assert f"check {checkpoint}" in printed and "range: 1 networks, alone" in printed
+    printed = checked_against_m2s_eval(tmp_path, monkeypatch, capsys, build_model(config), config, "range")
+    assert "range: 1 networks, alone" in printed

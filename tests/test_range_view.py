@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_models import cross_entropy_while_fitting, single
 
 from m2s_perception.inference import Segmenter
 from m2s_perception.models import ModelConfig, ModelOutput, build_model
@@ -34,10 +35,6 @@ def spread_cloud(num_points: int, seed: int) -> torch.Tensor:
         at(rng.uniform(3, 40), rng.uniform(-180, 180), rng.uniform(-24, 2), rng.uniform()) for _ in range(num_points)
     ]
     return torch.tensor(points, dtype=torch.float32)
-
-
-def single(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    return points, torch.zeros(len(points), dtype=torch.long), 1
 
 
 def test_pixels_by_hand():
@@ -107,17 +104,9 @@ def test_the_image_wraps_around_in_azimuth():
 
 
 def test_a_few_optimizer_steps_reduce_cross_entropy():
-    model = small_model().train()
     points = spread_cloud(1500, 6)
     labels = 1 + (points[:, 1] > 0).long() + 2 * (points[:, 2] > -2.0).long()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        loss = torch.nn.functional.cross_entropy(model(*single(points)).point_logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = cross_entropy_while_fitting(small_model(), points, labels)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
