@@ -12,7 +12,12 @@ changes the node could make to every scan, scored on labelled scans like ``m2s-e
 - ``texture terrain CELL/TAU/NEAR`` (after the network, not before it): where the scan's sensor is quiet
   (``m2s_perception.texture``'s gate, 0.2 %), the points the model calls ground at least NEAR m away are
   re-decided by the mean ring texture of the ground-called points in their CELL × CELL m cell: above TAU
-  terrain, else the most probable other ground class (item 43; real paved ground reads smooth, grass rough).
+  terrain, else the most probable other ground class (item 43; real paved ground reads smooth, grass rough);
+- ``connected road STEP`` (after the network too): ground the model calls terrain is re-decided as the most
+  probable other ground class where it joins the road under the sensor without a step: 0.5 m cells of the
+  ground-called points, each at its median height above the scan's ground plane, flooded from the road cells
+  within 6 m through neighbours less than STEP m higher or lower (item 45; far road and cross streets a car
+  could drive onto, called terrain, against grass behind kerbs).
 
 For each: present-class mIoU, the IoU of the issue's target classes, and how much of the paved ground
 15–30 m away is called terrain (docs/benchmarks.md "Sim-to-real", items 42 and 43), e.g.
@@ -20,7 +25,7 @@ For each: present-class mIoU, the IoU of the issue's target classes, and how muc
     .venv/bin/python -m bench.sensor_matching --checkpoint m2s_perception/weights/demo_student.pt \\
         --data ../shared/real/semantickitti --noise 1 2.5 4 --shuffle 8 32 --scan-norms 0 0.5
     .venv/bin/python -m bench.sensor_matching --checkpoint m2s_perception/weights/demo_student.pt \\
-        --data runs/synth_ptex --sequence 08 --texture-terrain 1/0.5/0 2/0.5/10
+        --data runs/synth_ptex --sequence 08 --texture-terrain 1/0.5/0 2/0.5/10 --connected-road 0.03 0.06
 
 Evaluation only: nothing here is chosen per scan or trained on the real scans.
 """
@@ -47,6 +52,8 @@ from m2s_training.data.semantic_kitti import Sequence, labelled_scans
 from m2s_training.metrics import SegmentationMetrics, confusion_matrix
 
 GROUND_BAND = 0.3  # m from the fitted ground plane: what ``shuffle`` counts as ground
+ROAD_CELL = 0.5  # m: the cells ``connected road`` floods
+ROAD_SEED_RADIUS = 6.0  # m: road cells this near the sensor start the flood (the car stands on road)
 QUIET_BOUND = 0.002  # item 41's gate: the ground's median relative ring step of a quiet sensor (real HDL-64E 0.12 %)
 TARGETS = ("road", "sidewalk", "building", "vegetation", "car", "terrain")
 
@@ -131,6 +138,63 @@ def texture_terrain(
     return labels
 
 
+NEIGHBOURS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
+
+
+def moved(grid: np.ndarray, di: int, dj: int) -> np.ndarray:
+    """``grid`` (float) moved by (di, dj) cells: out[i, j] = grid[i - di, j - dj]; NaN where nothing moved in."""
+    out = np.full_like(grid, np.nan)
+    rows, cols = grid.shape
+    out[max(di, 0) : rows + min(di, 0), max(dj, 0) : cols + min(dj, 0)] = grid[
+        max(-di, 0) : rows + min(-di, 0), max(-dj, 0) : cols + min(-dj, 0)
+    ]
+    return out
+
+
+def flooded(height: np.ndarray, seed: np.ndarray, step: float) -> np.ndarray:
+    """The cells of a (H, W) ``height`` grid (NaN: no ground) reached from ``seed`` through the 8 neighbours
+    whose heights differ by less than ``step``."""
+    reached = seed & ~np.isnan(height)
+    while True:
+        grown = reached.copy()
+        for di, dj in NEIGHBOURS:
+            with np.errstate(invalid="ignore"):  # NaN compares False: no ground, no way through
+                grown |= np.abs(height - moved(np.where(reached, height, np.nan), di, dj)) < step
+        if np.array_equal(grown, reached):
+            return reached
+        reached = grown
+
+
+def connected_road(
+    points: np.ndarray, probability: np.ndarray, step: float, ground_ids: list[int], terrain: int, road: int
+) -> np.ndarray:
+    """Labels of (N, C) class ``probability`` with the terrain-called ground that joins the sensor's road without a
+    step re-decided (the docstring's ``connected road``); the plain argmax where the scan has no ground plane."""
+    labels = labels_of(torch.from_numpy(probability)).numpy()
+    fit = fit_ground(points)
+    ground = np.flatnonzero(np.isin(labels, ground_ids))
+    if fit is None or len(ground) == 0:
+        return labels
+    absolute = np.floor(points[ground, :2] / ROAD_CELL).astype(np.int64)
+    cell = absolute - absolute.min(0)
+    shape = tuple(cell.max(0) + 1)
+    index = cell[:, 0] * shape[1] + cell[:, 1]
+    height = plane_height(points[ground], fit)
+    order = np.lexsort((height, index))  # by cell, then by height: each cell's median is its middle entry
+    first = np.flatnonzero(np.r_[True, index[order][1:] != index[order][:-1]])
+    count = np.diff(np.r_[first, len(order)])
+    median = np.full(shape[0] * shape[1], np.nan)
+    median[index[order][first]] = height[order][first + count // 2]
+    centre = (absolute + 0.5) * ROAD_CELL
+    near_road = (labels[ground] == road) & (np.hypot(centre[:, 0], centre[:, 1]) < ROAD_SEED_RADIUS)
+    roadlike = np.bincount(index, near_road, median.size) * 2 > np.bincount(index, minlength=median.size)
+    reached = flooded(median.reshape(shape), roadlike.reshape(shape), step).ravel()
+    change = ground[reached[index] & (labels[ground] == terrain)]
+    paved_ids = np.array([c for c in ground_ids if c != terrain])
+    labels[change] = paved_ids[probability[change][:, paved_ids].argmax(1)]
+    return labels
+
+
 def score(predict: Callable[[np.ndarray, int], np.ndarray], scans: list[tuple[np.ndarray, np.ndarray]]) -> str:
     """One row: present-class mIoU, the target classes' IoU, and far paved ground called terrain."""
     labels = load_label_map()
@@ -157,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shuffle", nargs="*", type=int, default=[], metavar="W", help="ground remission windows")
     parser.add_argument("--scan-norms", nargs="*", type=float, default=[], metavar="A", help="share of trained stats")
     parser.add_argument("--texture-terrain", nargs="*", default=[], metavar="CELL/TAU/NEAR", help="ground re-decided")
+    parser.add_argument("--connected-road", nargs="*", type=float, default=[], metavar="STEP", help="m, see above")
     parser.add_argument("--sequence", help="only this sequence of --data (default: all)")
     parser.add_argument("--every", type=int, default=1, help="every n-th scan (default 1)")
     args = parser.parse_args(argv)
@@ -201,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
         cell, tau, near = (float(v) for v in setting.split("/"))
         variants[f"texture terrain {cell:g}/{tau:g}/{near:g}"] = lambda points, _, c=cell, t=tau, n=near: (
             texture_terrain(points, probability(points), c, t, n, ground_ids, labels.class_id("terrain"))
+        )
+    for step in args.connected_road:
+        variants[f"connected road {step:g}"] = lambda points, _, s=step: connected_road(
+            points, probability(points), s, ground_ids, labels.class_id("terrain"), labels.class_id("road")
         )
     print(f"{args.checkpoint} on {len(scans)} scans of {args.data}")
     print(f"| input | present-class mIoU | {' | '.join(TARGETS)} | {' / '.join(PAVED)} 15–30 m called terrain |")

@@ -7,6 +7,8 @@ from torch import nn
 from bench.sensor_matching import (
     adapted_to,
     cell_means,
+    connected_road,
+    flooded,
     quiet_sensor,
     texture_terrain,
     with_ground_remission_shuffled,
@@ -128,3 +130,51 @@ def test_a_noisy_sensor_keeps_the_networks_labels():
     assert not quiet_sensor(points, median_ring_step(points))
     assert quiet_sensor(ground_rings(0.01), median_ring_step(ground_rings(0.01)))
     np.testing.assert_array_equal(texture_terrain(points, probability, 1.0, 0.5, 0.0, [1, 2, 3], 3), 2)
+
+
+def test_the_flood_goes_through_small_steps_only_and_never_across_empty_cells():
+    nan = np.nan
+    height = np.array(
+        [
+            [0.00, 0.02, 0.04, 0.20, 0.20],
+            [0.00, nan, 0.06, 0.08, 0.20],
+            [0.00, nan, nan, nan, nan],
+            [0.01, nan, 0.00, 0.00, 0.00],
+        ]
+    )
+    seed = np.zeros(height.shape, bool)
+    seed[0, 0] = True
+    expected = np.array(  # steps of 0.01-0.02 pass; 0.12-0.16 and the empty row do not
+        [[1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0]], bool
+    )
+    np.testing.assert_array_equal(flooded(height, seed, 0.03), expected)
+    everything = np.array([[1, 1, 1, 1, 1], [1, 0, 1, 1, 1], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0]], bool)
+    np.testing.assert_array_equal(flooded(height, seed, 0.5), everything)  # the empty row still parts them
+
+
+def test_terrain_flush_with_the_sensors_road_is_repaved_but_not_behind_a_kerb_or_a_gap():
+    # classes: 0 unlabeled, 1 road, 2 sidewalk, 3 terrain, 4 building; a flat street 0.2 m x 0.2 m sampled
+    x, y = (v.ravel() for v in np.meshgrid(np.arange(-20, 20, 0.2) + 0.1, np.arange(-20, 20, 0.2) + 0.1))
+    z = np.full(len(x), -1.73)
+    road = np.abs(y) < 5
+    flush = (x > 8) & (x < 12) & (y > 5) & (y < 9)  # grass level with the road: a car could drive onto it
+    kerbed = (x > -12) & (x < -8) & (y > 5) & (y < 9)  # grass behind a 15 cm kerb
+    beyond_gap = (x > 8) & (x < 12) & (y < -7) & (y > -11)  # level grass, but nothing seen between it and the road
+    gap = (x > 7) & (x < 13) & (y <= -5) & (y >= -7)
+    z[~road & ~flush & ~beyond_gap] += 0.15  # sidewalks and kerbed grass raised
+    keep = ~gap
+    points = np.c_[x, y, z, np.full(len(x), 0.3)][keep].astype(np.float32)
+    road, flush, kerbed, beyond_gap = road[keep], flush[keep], kerbed[keep], beyond_gap[keep]
+    probability = np.tile([0.0, 0.1, 0.6, 0.2, 0.1], (len(points), 1))  # sidewalk
+    probability[road] = [0.0, 0.7, 0.1, 0.1, 0.1]
+    grass = flush | kerbed | beyond_gap
+    probability[grass] = [0.0, 0.1, 0.25, 0.6, 0.05]  # terrain, sidewalk the best paved class
+
+    labels = connected_road(points, probability, 0.06, ground_ids=[1, 2, 3], terrain=3, road=1)
+    assert np.all(labels[flush] == 2)  # re-decided: its best other ground class
+    assert np.all(labels[kerbed] == 3) and np.all(labels[beyond_gap] == 3)
+    assert np.all(labels[road] == 1) and np.all(labels[~road & ~grass] == 2)  # only terrain is re-decided
+
+    no_road_near = probability.copy()
+    no_road_near[road] = [0.0, 0.1, 0.7, 0.1, 0.1]  # the network sees no road under the sensor: no seed
+    assert np.all(connected_road(points, no_road_near, 0.06, [1, 2, 3], 3, 1)[flush] == 3)
