@@ -115,6 +115,12 @@ def cell_means(xy: np.ndarray, values: np.ndarray, cell: float) -> np.ndarray:
     return (np.bincount(index, values) / np.bincount(index))[index]
 
 
+def best_other_ground(probability: np.ndarray, ground_ids: list[int], terrain: int) -> np.ndarray:
+    """Each row of (M, C) class ``probability``: its most probable ground class other than ``terrain``."""
+    paved_ids = np.array([c for c in ground_ids if c != terrain])
+    return paved_ids[probability[:, paved_ids].argmax(1)]
+
+
 def texture_terrain(
     points: np.ndarray,
     probability: np.ndarray,
@@ -132,9 +138,7 @@ def texture_terrain(
     if not ground.any() or not quiet_sensor(points, step):
         return labels
     rough = cell_means(points[ground, :2], ramp(step, 0.003, 0.0015)[ground], cell)  # item 39's texture ramp
-    paved_ids = np.array([c for c in ground_ids if c != terrain])
-    paved = paved_ids[probability[ground][:, paved_ids].argmax(1)]
-    labels[ground] = np.where(rough > tau, terrain, paved)
+    labels[ground] = np.where(rough > tau, terrain, best_other_ground(probability[ground], ground_ids, terrain))
     return labels
 
 
@@ -190,8 +194,7 @@ def connected_road(
     roadlike = np.bincount(index, near_road, median.size) * 2 > np.bincount(index, minlength=median.size)
     reached = flooded(median.reshape(shape), roadlike.reshape(shape), step).ravel()
     change = ground[reached[index] & (labels[ground] == terrain)]
-    paved_ids = np.array([c for c in ground_ids if c != terrain])
-    labels[change] = paved_ids[probability[change][:, paved_ids].argmax(1)]
+    labels[change] = best_other_ground(probability[change], ground_ids, terrain)
     return labels
 
 
